@@ -1,0 +1,59 @@
+# fashion-mnist-mlops: `make repro` runs the pipeline from a fresh clone, `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR := /usr/share/datasets/fashion-mnist
+PORT ?= 5001
+MODEL_NAME ?= fashion-mnist-cnn
+
+.DEFAULT_GOAL := help
+.PHONY: help install data params check-params repro test test-fast lint format ui rollback clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the project with pinned versions
+
+data: ## Make sure the raw IDX files can be found (installs dataset-fashion-mnist as root)
+	@if [ ! -f $(DATA_DIR)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
+	$(BIN)/python -m fmnist_mlops.config
+
+check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
+	$(BIN)/python -m fmnist_mlops.config --check
+
+repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate -> register
+	source $(BIN)/activate && dvc repro
+
+test: $(STAMP) data ## Run every test, the slow real-data pipeline ones included
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+test-fast: $(STAMP) ## Run the fast tests only (no full pipeline)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+
+format: $(STAMP) ## ruff format + autofix
+	$(BIN)/ruff format src tests && $(BIN)/ruff check --fix src tests
+
+ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
+
+rollback: $(STAMP) ## Move @champion back to the previous champion
+	$(BIN)/python src/rollback.py
+
+clean: ## Remove scratch outputs of ad-hoc runs (keeps mlflow.db, mlruns/ and DVC outputs)
+	rm -rf outputs multirun /tmp/fmnist-train-*

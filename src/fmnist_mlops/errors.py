@@ -1,0 +1,17 @@
+"""Errors a user can fix: entry points print them as one line and exit non-zero."""
+
+
+class ProjectError(Exception):
+    """Base class for errors caused by input (data, config, registry state), not by bugs."""
+
+
+class DataError(ProjectError):
+    """Raw or prepared data is missing, corrupt or inconsistent."""
+
+
+class ConfigError(ProjectError):
+    """A config value is out of its accepted range."""
+
+
+class RegistryError(ProjectError):
+    """The model registry is not in a state the requested action accepts."""

@@ -1,0 +1,137 @@
+"""The ``evaluate`` stage: score the trained model on the held-out test set, in the same run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from omegaconf import DictConfig
+
+from fmnist_mlops import CLASS_NAMES, tracking
+from fmnist_mlops.config import validate
+from fmnist_mlops.data import check_split, load_prepared
+from fmnist_mlops.paths import (
+    CONFUSION_PNG,
+    METRICS_JSON,
+    MISCLASSIFIED_PNG,
+    MODEL_FILE,
+    PER_CLASS_JSON,
+    PREDICTIONS_CSV,
+    read_run,
+    resolve,
+    stage_dir,
+)
+from fmnist_mlops.plots import confusion_plot, misclassified_grid
+
+log = logging.getLogger(__name__)
+
+
+def score(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
+    """Return ``loss`` and ``accuracy`` of ``model`` on raw-pixel images ``x``."""
+    probs = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == y))
+    return {"loss": loss, "accuracy": accuracy, "probs": probs}
+
+
+def per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class name."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(len(CLASS_NAMES))), zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(CLASS_NAMES)
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``models/model.keras`` on the val and test splits and log it to the train run.
+
+    Writes ``reports/metrics.json`` (DVC metrics, with the MLflow ``run_id``), per-class
+    scores, per-image test predictions, the confusion matrix and a misclassified grid.
+
+    Returns:
+        The metrics written to ``reports/metrics.json``.
+    """
+    validate(cfg)
+    out = stage_dir(cfg.paths.out, "evaluate")
+    run_info = read_run(out)
+    prepared = resolve(cfg.paths.prepared)
+    splits = load_prepared(prepared)
+    check_split(cfg, splits.meta, prepared)
+    model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
+    tracking.setup(cfg)
+
+    with mlflow.start_run(run_id=run_info["run_id"]):
+        val = score(model, splits.x_val, splits.y_val)
+        test = score(model, splits.x_test, splits.y_test)
+        probs = test.pop("probs")
+        val.pop("probs")
+        pred = np.argmax(probs, axis=1)
+        top_prob = probs[np.arange(len(pred)), pred]
+        classes = per_class(splits.y_test, pred)
+        from sklearn.metrics import confusion_matrix
+
+        cm = confusion_matrix(splits.y_test, pred, labels=list(range(len(CLASS_NAMES))))
+
+        metrics = {
+            "run_id": run_info["run_id"],
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "best_epoch": run_info["best_epoch"],
+            "epochs_trained": run_info["epochs_trained"],
+            "test_images": int(len(splits.y_test)),
+        }
+        for path in (METRICS_JSON, PER_CLASS_JSON, PREDICTIONS_CSV):
+            (out / path).parent.mkdir(parents=True, exist_ok=True)
+        (out / PER_CLASS_JSON).write_text(json.dumps(classes, indent=2) + "\n")
+        with (out / PREDICTIONS_CSV).open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["index", "actual", "predicted", "probability"])
+            for i, (t, p, q) in enumerate(zip(splits.y_test, pred, top_prob, strict=True)):
+                writer.writerow([i, CLASS_NAMES[t], CLASS_NAMES[p], f"{q:.6f}"])
+        confusion_plot(cm, CLASS_NAMES, out / CONFUSION_PNG)
+        misclassified_grid(
+            splits.x_test, splits.y_test, pred, top_prob, CLASS_NAMES, out / MISCLASSIFIED_PNG
+        )
+
+        mlflow.log_metrics(
+            {
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
+                "eval_val_loss": val["loss"],
+                "eval_val_accuracy": val["accuracy"],
+                **{f"test_f1.{name}": c["f1"] for name, c in classes.items()},
+                **{f"test_precision.{name}": c["precision"] for name, c in classes.items()},
+                **{f"test_recall.{name}": c["recall"] for name, c in classes.items()},
+            }
+        )
+        for path in (PER_CLASS_JSON, PREDICTIONS_CSV, CONFUSION_PNG, MISCLASSIFIED_PNG):
+            mlflow.log_artifact(str(out / path), "evaluation")
+        mlflow.log_dict(metrics, "evaluation/metrics.json")
+        # Written last: DVC treats this file as the stage's result.
+        (out / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(
+        "evaluate: run %s test_accuracy %.4f test_loss %.4f val_accuracy %.4f",
+        metrics["run_id"],
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+        metrics["val_accuracy"],
+    )
+    return metrics

@@ -1,0 +1,62 @@
+"""The CNN: raw 0-255 pixels in, ten class probabilities out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from fmnist_mlops.data import NUM_CLASSES
+
+IMAGE_SHAPE = (28, 28)
+
+
+def build_model(model_cfg: Any) -> keras.Model:
+    """Build the tutorial's CNN from ``cfg.model``.
+
+    Per entry of ``filters``: Conv2D(kernel_size, same, relu) + MaxPool(2); then Flatten,
+    Dense(dense_units, relu), Dropout(dropout), Dense(10, softmax). Scaling to [0, 1] is the
+    model's first step, so the saved model (and the served one) takes raw pixels.
+
+    Args:
+        model_cfg: The ``model`` config group (``filters``, ``kernel_size``, ``dense_units``,
+            ``dropout``).
+    """
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
+    x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)
+    for i, filters in enumerate(model_cfg.filters, start=1):
+        x = keras.layers.Conv2D(
+            int(filters),
+            kernel_size=int(model_cfg.kernel_size),
+            padding="same",
+            activation="relu",
+            name=f"conv{i}",
+        )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(int(model_cfg.dense_units), activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(float(model_cfg.dropout), name="dropout")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"fmnist_{model_cfg.get('name', 'cnn')}")
+
+
+def make_optimizer(train_cfg: Any) -> keras.optimizers.Optimizer:
+    """Return the optimizer named by ``train.optimizer`` with learning rate ``train.lr``."""
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    return classes[train_cfg.optimizer](learning_rate=float(train_cfg.lr))
+
+
+def compile_model(model: keras.Model, train_cfg: Any) -> keras.Model:
+    """Compile with sparse categorical cross-entropy and a metric named ``accuracy``."""
+    model.compile(
+        optimizer=make_optimizer(train_cfg),
+        loss=keras.losses.SparseCategoricalCrossentropy(name="loss"),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model

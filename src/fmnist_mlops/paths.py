@@ -1,0 +1,76 @@
+"""Where things live: the project root and the per-run output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fmnist_mlops.errors import ConfigError, DataError
+
+# What the stages write under paths.out (DVC: the repo root).
+MODEL_FILE = Path("models/model.keras")
+RUN_FILE = Path("models/run.json")
+HISTORY_CSV = Path("reports/history.csv")
+HISTORY_PNG = Path("reports/history.png")
+METRICS_JSON = Path("reports/metrics.json")
+PER_CLASS_JSON = Path("reports/per_class.json")
+PREDICTIONS_CSV = Path("reports/test_predictions.csv")
+CONFUSION_PNG = Path("reports/confusion_matrix.png")
+MISCLASSIFIED_PNG = Path("reports/misclassified.png")
+PROMOTION_JSON = Path("reports/promotion.json")
+
+
+def project_root() -> Path:
+    """Return the project root.
+
+    ``DVC_ROOT`` (set by DVC for stage commands) wins; otherwise the nearest folder at or above
+    the working directory that holds ``dvc.yaml``; otherwise the working directory.
+    """
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return cwd
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Resolve ``path`` (``~`` expanded) against the project root unless it is absolute."""
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else project_root() / p
+
+
+def out_dir(configured: str | None, stage: str) -> Path:
+    """Return the folder a stage writes to.
+
+    Args:
+        configured: ``paths.out`` from the config; ``None`` means an ad-hoc run, which gets a
+            fresh scratch folder so it cannot overwrite DVC-tracked outputs.
+        stage: Stage name, used as the scratch folder's prefix.
+    """
+    if configured is None:
+        return Path(tempfile.mkdtemp(prefix=f"fmnist-{stage}-"))
+    return resolve(configured)
+
+
+def stage_dir(configured: str | None, stage: str) -> Path:
+    """Return ``paths.out`` for stages that read what ``train`` wrote (it must be set)."""
+    if configured is None:
+        raise ConfigError(
+            f"paths.out=None is invalid for {stage}: expected the folder `train` wrote to "
+            f"('.' for the DVC pipeline, or the out_dir an ad-hoc train run printed)"
+        )
+    return resolve(configured)
+
+
+def read_run(out: Path) -> dict[str, Any]:
+    """Read ``models/run.json`` (MLflow run id, model URI, best epoch) written by ``train``."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        raise DataError(f"{path} not found: run the train stage first (`dvc repro train`)")
+    return json.loads(path.read_text())

@@ -1,0 +1,217 @@
+"""Promotion rule: register the candidate, move ``@champion`` only when it is better.
+
+Both models are scored on the *current* validation split by the same function, so a champion
+trained on other data is never trusted on a number it logged back then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from fmnist_mlops import tracking
+from fmnist_mlops.config import validate
+from fmnist_mlops.data import check_split, load_prepared
+from fmnist_mlops.errors import RegistryError
+from fmnist_mlops.evaluation import score
+from fmnist_mlops.paths import (
+    METRICS_JSON,
+    PROMOTION_JSON,
+    RUN_FILE,
+    project_root,
+    read_run,
+    resolve,
+    stage_dir,
+)
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_TAG = "previous_champion"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the candidate becomes champion, and why."""
+
+    promote: bool
+    reason: str
+
+
+def decide(
+    candidate: float, champion: float | None, *, mode: str, min_delta: float, floor: float
+) -> Decision:
+    """Apply the promotion rule to two scores of ``registry.metric``.
+
+    Promote when the candidate reaches ``floor`` and beats the champion by more than
+    ``min_delta`` (``mode`` "max": higher is better; "min": lower is better). With no
+    champion, reaching the floor is enough.
+    """
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    reaches_floor = candidate >= floor if mode == "max" else candidate <= floor
+    if not reaches_floor:
+        return Decision(False, f"candidate {candidate:.6f} does not reach floor {floor}")
+    if champion is None:
+        return Decision(True, "no champion yet and candidate reaches the floor")
+    target = champion + min_delta if mode == "max" else champion - min_delta
+    if better(candidate, target):
+        return Decision(
+            True, f"candidate {candidate:.6f} beats champion {champion:.6f} by > {min_delta}"
+        )
+    return Decision(
+        False, f"candidate {candidate:.6f} does not beat champion {champion:.6f} by > {min_delta}"
+    )
+
+
+@contextlib.contextmanager
+def registry_lock(name: str) -> Iterator[None]:
+    """Serialise compare-and-move on this machine (a file lock next to the store)."""
+    folder = project_root() / ".locks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"registry-{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def current_champion(client: MlflowClient, name: str, alias: str):
+    """Return the model version holding ``alias``, or ``None``."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _metric_value(scores: dict[str, float], metric: str) -> float:
+    return scores[metric.removeprefix("val_")]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def promote(cfg: DictConfig) -> dict[str, Any]:
+    """Register the evaluated model and move the alias if the promotion rule says so.
+
+    Writes ``reports/promotion.json`` with the decision and both scores.
+    """
+    validate(cfg)
+    out = stage_dir(cfg.paths.out, "register")
+    run_info = read_run(out)
+    metrics_path = out / METRICS_JSON
+    if not metrics_path.is_file():
+        raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
+    if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
+        raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
+    prepared = resolve(cfg.paths.prepared)
+    splits = load_prepared(prepared)
+    check_split(cfg, splits.meta, prepared)
+    reg = cfg.registry
+    tracking.setup(cfg)
+    client = MlflowClient()
+    import mlflow.tensorflow  # noqa: F401  (registers the flavor loader)
+
+    with registry_lock(reg.model_name):
+        candidate_scores = score(
+            mlflow.tensorflow.load_model(run_info["model_uri"]), splits.x_val, splits.y_val
+        )
+        candidate = _metric_value(candidate_scores, reg.metric)
+        champ = current_champion(client, reg.model_name, reg.alias)
+        champion = None
+        if champ is not None:
+            champ_model = mlflow.tensorflow.load_model(f"models:/{reg.model_name}/{champ.version}")
+            champion = _metric_value(score(champ_model, splits.x_val, splits.y_val), reg.metric)
+        decision = decide(
+            candidate,
+            champion,
+            mode=reg.mode,
+            min_delta=float(reg.min_delta),
+            floor=float(reg.floor),
+        )
+        version = mlflow.register_model(
+            run_info["model_uri"], reg.model_name, tags={reg.metric: f"{candidate:.6f}"}
+        )
+        client.set_model_version_tag(reg.model_name, version.version, "run_id", run_info["run_id"])
+        if decision.promote:
+            if champ is not None:
+                client.set_model_version_tag(
+                    reg.model_name, version.version, PREVIOUS_TAG, champ.version
+                )
+            client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
+        holder = client.get_model_version_by_alias(reg.model_name, reg.alias).version
+        if decision.promote and holder != version.version:
+            raise RegistryError(f"alias {reg.alias} moved to version {holder} concurrently")
+
+    record = {
+        "model_name": reg.model_name,
+        "alias": reg.alias,
+        "metric": reg.metric,
+        "mode": reg.mode,
+        "min_delta": float(reg.min_delta),
+        "floor": float(reg.floor),
+        "run_id": run_info["run_id"],
+        "candidate_version": int(version.version),
+        "candidate_score": candidate,
+        "champion_version": int(champ.version) if champ is not None else None,
+        "champion_score": champion,
+        **asdict(decision),
+        "champion_after": int(holder),
+    }
+    client.set_tag(
+        run_info["run_id"], "registry.decision", "promoted" if decision.promote else "kept"
+    )
+    client.set_tag(run_info["run_id"], "registry.version", str(version.version))
+    _write_json(out / PROMOTION_JSON, record)
+    log.info(
+        "register: version %s %s (%s); %s is version %s",
+        version.version,
+        "promoted" if decision.promote else "not promoted",
+        decision.reason,
+        reg.alias,
+        holder,
+    )
+    return record
+
+
+def rollback(cfg: DictConfig) -> dict[str, Any]:
+    """Move the alias back to the version that held it before the current champion."""
+    validate(cfg)
+    reg = cfg.registry
+    tracking.setup(cfg)
+    client = MlflowClient()
+    with registry_lock(reg.model_name):
+        champ = current_champion(client, reg.model_name, reg.alias)
+        if champ is None:
+            raise RegistryError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")
+        previous = champ.tags.get(PREVIOUS_TAG)
+        if not previous:
+            raise RegistryError(
+                f"{reg.model_name} version {champ.version} was the first @{reg.alias}: "
+                f"there is no previous champion to roll back to"
+            )
+        client.set_registered_model_alias(reg.model_name, reg.alias, previous)
+        client.set_model_version_tag(reg.model_name, champ.version, "rolled_back", "true")
+    log.info("rollback: @%s moved from version %s to %s", reg.alias, champ.version, previous)
+    return {
+        "model_name": reg.model_name,
+        "from_version": int(champ.version),
+        "to_version": int(previous),
+    }

@@ -1,0 +1,102 @@
+"""The one place that decides where MLflow stores things and what every run carries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_mlops.config import flatten
+from fmnist_mlops.paths import project_root
+
+log = logging.getLogger(__name__)
+
+# MLflow rejects param values longer than this; long lists are truncated with a marker.
+_MAX_PARAM_LEN = 6000
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """Return ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the default.
+
+    The default is ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``,
+    so every stage (and every working directory) writes to the same store.
+    """
+    configured = OmegaConf.select(cfg, "mlflow.tracking_uri")
+    if configured:
+        return str(configured)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def setup(cfg: DictConfig) -> str:
+    """Point MLflow at the store and make sure the experiment exists.
+
+    Returns:
+        The experiment id.
+    """
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        # Keep the registry on the same database as the runs.
+        mlflow.set_registry_uri(uri)
+    name = cfg.mlflow.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        artifact_location = None
+        if uri.startswith("sqlite:///"):
+            db_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
+            artifact_location = (db_dir / "mlruns").as_uri()
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our lookup and create.
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """Return ``git_commit`` and ``git_dirty`` tags for the project checkout (empty outside git)."""
+    root = root or project_root()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Tags every run gets: stage, host, pid, git state and the DVC experiment if any."""
+    tags = {"stage": stage, "host": socket.gethostname(), "pid": str(os.getpid())}
+    tags.update(git_tags())
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def log_config(cfg: DictConfig) -> None:
+    """Log every config value as a flattened dotted param and the whole config as a file."""
+    params: dict[str, Any] = {}
+    for key, value in flatten(cfg).items():
+        text = str(value)
+        params[key] = text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN] + "..."
+    mlflow.log_params(params)
+    mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")

@@ -1,0 +1,187 @@
+"""The ``train`` stage: fit the CNN with a best-only checkpoint and early stopping, tracked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from fmnist_mlops import tracking
+from fmnist_mlops.config import validate
+from fmnist_mlops.data import Splits, check_split, load_prepared
+from fmnist_mlops.model import build_model, compile_model
+from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
+from fmnist_mlops.plots import history_plot
+
+log = logging.getLogger(__name__)
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic."""
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements for logged models (inference by MLflow costs ~6 s and is wrong)."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow-cpu=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Log ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` once per epoch (step = epoch)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
+        logs = logs or {}
+        mlflow.log_metrics(
+            {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}, step=epoch, synchronous=True
+        )
+
+
+def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
+
+
+def fit(
+    cfg: DictConfig, splits: Splits, out: Path
+) -> tuple[keras.Model, dict[str, list[float]], int]:
+    """Build, compile and fit the model; verify the restored weights are the best checkpoint's.
+
+    Returns:
+        The model (best weights), the per-epoch history and the best epoch (0-based).
+    """
+    seed_everything(int(cfg.seed))
+    model = compile_model(build_model(cfg.model), cfg.train)
+    checkpoint_path = out / MODEL_FILE
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    monitor = cfg.train.monitor
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(checkpoint_path), monitor=monitor, save_best_only=True, verbose=0
+    )
+    early = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=int(cfg.train.patience), restore_best_weights=True
+    )
+    history = model.fit(
+        splits.x_train.astype("float32"),
+        splits.y_train,
+        validation_data=(splits.x_val.astype("float32"), splits.y_val),
+        epochs=int(cfg.train.epochs),
+        batch_size=int(cfg.train.batch_size),
+        callbacks=[checkpoint, early, MlflowEpochLogger()],
+        verbose=int(cfg.train.verbose),
+    )
+    hist = {k: [float(v) for v in history.history[k]] for k in EPOCH_METRICS}
+    best_epoch = int(early.best_epoch)
+    best = keras.saving.load_model(str(checkpoint_path), safe_mode=True, compile=False)
+    if not _weights_equal(model, best):
+        raise RuntimeError(
+            f"best-epoch integrity check failed: in-memory weights differ from {checkpoint_path}"
+        )
+    return model, hist, best_epoch
+
+
+def _write_history(hist: dict[str, list[float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", *EPOCH_METRICS])
+        for epoch in range(len(hist["loss"])):
+            writer.writerow([epoch, *(f"{hist[k][epoch]:.6f}" for k in EPOCH_METRICS)])
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model and track it in MLflow (the ``train`` stage and ad-hoc runs).
+
+    Writes ``models/model.keras`` (best checkpoint), ``models/run.json`` (MLflow run id),
+    ``reports/history.{csv,png}`` under ``paths.out`` (a scratch folder when it is null).
+
+    Returns:
+        ``run_id``, ``best_epoch``, ``epochs_trained`` and the best epoch's ``val_loss`` /
+        ``val_accuracy``, plus ``out_dir``.
+    """
+    validate(cfg)
+    prepared = resolve(cfg.paths.prepared)
+    splits = load_prepared(prepared)
+    check_split(cfg, splits.meta, prepared)
+    out = out_dir(cfg.paths.out, "train")
+    tracking.setup(cfg)
+
+    with mlflow.start_run(tags=tracking.run_tags("train")) as run:
+        run_id = run.info.run_id
+        log.info("train: MLflow run %s, outputs in %s", run_id, out)
+        tracking.log_config(cfg)
+        mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
+        mlflow.set_tag("data.source", splits.meta["source"])
+        for name, x, y in (
+            ("train", splits.x_train, splits.y_train),
+            ("val", splits.x_val, splits.y_val),
+        ):
+            dataset = mlflow.data.from_numpy(
+                features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
+            )
+            mlflow.log_input(dataset, context="training" if name == "train" else "validation")
+
+        started = time.perf_counter()
+        model, hist, best_epoch = fit(cfg, splits, out)
+        fit_seconds = time.perf_counter() - started
+
+        summary = {
+            "best_epoch": best_epoch,
+            "epochs_trained": len(hist["loss"]),
+            "val_loss": hist["val_loss"][best_epoch],
+            "val_accuracy": hist["val_accuracy"][best_epoch],
+            "fit_seconds": round(fit_seconds, 2),
+        }
+        mlflow.log_metrics(
+            {
+                "best_epoch": best_epoch,
+                "epochs_trained": summary["epochs_trained"],
+                "best_val_loss": summary["val_loss"],
+                "best_val_accuracy": summary["val_accuracy"],
+                "fit_seconds": fit_seconds,
+            }
+        )
+        _write_history(hist, out / HISTORY_CSV)
+        history_plot(hist, out / HISTORY_PNG, best_epoch)
+        mlflow.log_artifact(str(out / HISTORY_PNG), "plots")
+        mlflow.log_artifact(str(out / HISTORY_CSV), "plots")
+        mlflow.log_artifact(str(out / MODEL_FILE), "checkpoints")
+
+        example = splits.x_val[:5].astype("float32")
+        signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+        record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
+        (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    log.info(
+        "train: done in %.1f s, best epoch %d of %d, val_accuracy %.4f",
+        fit_seconds,
+        best_epoch,
+        summary["epochs_trained"],
+        summary["val_accuracy"],
+    )
+    return {**record, "out_dir": str(out)}

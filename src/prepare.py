@@ -1,0 +1,17 @@
+"""DVC stage ``prepare``: find, verify and split the real Fashion-MNIST IDX files."""
+
+import hydra
+from omegaconf import DictConfig
+
+from fmnist_mlops.cli import run
+from fmnist_mlops.data import prepare
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Run :func:`fmnist_mlops.data.prepare` with the composed config."""
+    run("prepare", prepare, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""DVC stage ``train`` and ad-hoc experiments: ``python src/train.py model.filters=[32,64]``."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.training import train  # noqa: E402
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Run :func:`fmnist_mlops.training.train` with the composed config."""
+    run("train", train, cfg)
+
+
+if __name__ == "__main__":
+    main()

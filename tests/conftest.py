@@ -1,0 +1,88 @@
+"""Shared fixtures: real data, shrunk configs (``experiment=smoke``), temporary stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from fmnist_mlops.config import compose
+from fmnist_mlops.data import SPECS
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def require_real_data() -> Path:
+    missing = [s.filename for s in SPECS if not (SYSTEM_DATA / s.filename).is_file()]
+    if missing:
+        pytest.fail(
+            f"real Fashion-MNIST missing in {SYSTEM_DATA} ({missing}): "
+            "`apt-get install dataset-fashion-mnist` (make data does it as root)"
+        )
+    return SYSTEM_DATA
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first, no inherited MLflow URI."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def smoke_config(tmp: Path, prepared: Path, *overrides: str):
+    cfg = compose(["experiment=smoke", *overrides], config_dir=ROOT / "conf")
+    with open_dict(cfg):
+        cfg.paths.prepared = str(prepared)
+        cfg.paths.out = str(tmp / "out")
+        cfg.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        cfg.train.verbose = 0
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def smoke_prepared(tmp_path_factory) -> Path:
+    """The smoke split of the real data, prepared once per session."""
+    require_real_data()
+    from fmnist_mlops.data import prepare
+
+    folder = tmp_path_factory.mktemp("smoke-data") / "prepared"
+    cfg = compose(["experiment=smoke"], config_dir=ROOT / "conf")
+    with open_dict(cfg):
+        cfg.paths.prepared = str(folder)
+    prepare(cfg)
+    return folder
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path, smoke_prepared):
+    """A tiny real config writing only under ``tmp_path``."""
+    return smoke_config(tmp_path, smoke_prepared)
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's tracked and unignored files into ``dest`` as a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def yaml_dict(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path))

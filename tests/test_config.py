@@ -1,0 +1,151 @@
+"""Config: composition, the params.yaml sync rule, validation and dvc.yaml hygiene."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import open_dict
+
+from conftest import ROOT, venv_env
+from fmnist_mlops.config import compose, flatten, params_yaml, validate
+from fmnist_mlops.errors import ConfigError
+
+
+def test_defaults_expose_the_documented_interface():
+    cfg = compose(config_dir=ROOT / "conf")
+    flat = flatten(cfg)
+    assert flat["seed"] == 42
+    assert flat["model.filters"] == [32, 64]
+    assert (flat["model.dense_units"], flat["model.dropout"]) == (100, 0.4)
+    assert (flat["train.epochs"], flat["train.patience"], flat["train.monitor"]) == (20, 2, "val_loss")
+    assert (flat["data.val_split"], flat["data.split_seed"]) == (0.2, 42)
+    assert flat["registry.metric"] == "val_accuracy" and flat["registry.mode"] == "max"
+    assert flat["registry.model_name"] == "fashion-mnist-cnn" and flat["registry.alias"] == "champion"
+    assert flat["mlflow.experiment"] == "fashion-mnist"
+    for key in ("data.source_dir", "train.batch_size", "train.lr", "registry.min_delta", "registry.floor"):
+        assert key in flat
+    assert "hydra" not in cfg
+
+
+def test_smoke_experiment_is_small():
+    cfg = compose(["experiment=smoke"], config_dir=ROOT / "conf")
+    assert cfg.data.max_train <= 1000 and cfg.train.epochs <= 2
+    assert cfg.model.filters == [32, 64], "smoke shrinks data and epochs, not the architecture"
+
+
+def test_committed_params_yaml_is_what_conf_composes():
+    committed = (ROOT / "params.yaml").read_text()
+    assert committed == params_yaml(config_dir=ROOT / "conf"), "run `make params` and commit it"
+
+
+def test_check_mode_detects_stale_params(tmp_path):
+    stale = tmp_path / "params.yaml"
+    stale.write_text(params_yaml(config_dir=ROOT / "conf").replace("patience: 2", "patience: 7"))
+    cmd = [sys.executable, "-m", "fmnist_mlops.config", "--check", "--output", str(stale)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env())
+    assert result.returncode == 1 and "stale" in result.stdout
+    subprocess.run(cmd[:3] + ["--output", str(stale)], cwd=ROOT, check=True, env=venv_env())
+    assert subprocess.run(cmd, cwd=ROOT, env=venv_env()).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.filters=[]", "model.filters=[] is invalid: expected a non-empty list"),
+        ("model.filters=[32,0]", "model.filters=[32, 0] is invalid"),
+        ("model.filters=[8,8,8,8,8]", "at most 4 entries"),
+        ("model.dense_units=0", "model.dense_units=0 is invalid: expected an integer > 0"),
+        ("model.dropout=1.0", "model.dropout=1.0 is invalid: expected a number in [0, 1)"),
+        ("data.val_split=0", "data.val_split=0 is invalid: expected a number in (0, 1)"),
+        ("train.epochs=0", "train.epochs=0 is invalid"),
+        ("train.batch_size=-4", "train.batch_size=-4 is invalid"),
+        ("train.patience=0", "train.patience=0 is invalid"),
+        ("train.optimizer=adagrad", "train.optimizer='adagrad' is invalid: expected one of"),
+        ("train.monitor=val_auc", "train.monitor='val_auc' is invalid: expected one of"),
+        ("registry.mode=best", "registry.mode='best' is invalid"),
+    ],
+)
+def test_bad_values_get_one_line_errors(override, message):
+    cfg = compose([override], config_dir=ROOT / "conf")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
+    db = tmp_path / "mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "model.dropout=1.5", f"mlflow.tracking_uri=sqlite:///{db}"],
+        cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=120,
+    )
+    assert result.returncode == 2
+    # TensorFlow prints its own start-up lines (oneDNN notice); ours start with the stage name.
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("train:")]
+    assert lines == ["train: error: model.dropout=1.5 is invalid: expected a number in [0, 1)"]
+    assert not db.exists(), "no MLflow store or run may be created for a bad config"
+
+
+def test_unknown_key_is_refused_by_hydra():
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "model.filterz=[1]"],
+        cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=120,
+    )
+    assert result.returncode != 0 and "filterz" in result.stderr
+
+
+# ----------------------------------------------------------------------------- dvc.yaml
+
+
+def local_imports(module_file: Path, package_dir: Path, seen: set[Path]) -> set[Path]:
+    """Package files ``module_file`` imports, transitively (what a stage really runs)."""
+    tree = ast.parse(module_file.read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fmnist_mlops"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("fmnist_mlops")]
+        for name in names:
+            parts = name.split(".")[1:]
+            candidate = package_dir.joinpath(*parts).with_suffix(".py") if parts else package_dir / "__init__.py"
+            for path in (candidate, package_dir / "__init__.py"):
+                if path.is_file() and path not in seen:
+                    seen.add(path)
+                    local_imports(path, package_dir, seen)
+    return seen
+
+
+def test_each_stage_depends_on_exactly_the_code_it_runs():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    package = ROOT / "src" / "fmnist_mlops"
+    for name, stage in stages.items():
+        script = ROOT / "src" / f"{name}.py"
+        assert f"src/{name}.py" in stage["cmd"]
+        code = {str(p.relative_to(ROOT)) for p in local_imports(script, package, set())}
+        declared = {d for d in stage["deps"] if d.startswith("src/")}
+        assert declared == code | {f"src/{name}.py"}, name
+
+
+def test_stage_params_exist_in_params_yaml():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    flat = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    for name, stage in stages.items():
+        assert "-cd . -cn params" in stage["cmd"], f"{name} must run with params.yaml"
+        for key in stage.get("params", []):
+            assert key in flat or any(k.startswith(f"{key}.") for k in flat), (name, key)
+
+
+def test_ad_hoc_runs_do_not_write_dvc_outputs():
+    cfg = compose(config_dir=ROOT / "conf")
+    assert cfg.paths.out is None
+    with open_dict(cfg):
+        cfg.paths.out = None
+    from fmnist_mlops.paths import out_dir
+
+    scratch = out_dir(cfg.paths.out, "train")
+    assert ROOT not in scratch.parents

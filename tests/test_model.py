@@ -1,0 +1,44 @@
+"""Model: the tutorial's architecture, built from config, taking raw pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from fmnist_mlops.config import compose
+from fmnist_mlops.model import build_model, compile_model
+
+
+def test_reference_architecture_and_parameter_count():
+    model = build_model(compose(config_dir=ROOT / "conf").model)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == [
+        "InputLayer", "Reshape", "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D",
+        "Flatten", "Dense", "Dropout", "Dense",
+    ]
+    assert model.get_layer("conv1").filters == 32 and model.get_layer("conv2").filters == 64
+    assert model.get_layer("conv1").kernel_size == (3, 3) and model.get_layer("conv1").padding == "same"
+    assert model.get_layer("pool2").output.shape[1:] == (7, 7, 64)
+    assert model.get_layer("dropout").rate == 0.4
+    # 320 + 18,496 + 313,700 + 1,010: the tutorial's network, parameter for parameter.
+    assert model.count_params() == 333_526
+    assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
+
+
+def test_takes_raw_pixels_and_returns_probabilities():
+    model = build_model(compose(config_dir=ROOT / "conf").model)
+    raw = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype("float32")
+    probs = model.predict(raw, verbose=0)
+    assert probs.shape == (4, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    scaled = model.get_layer("scale")(raw[..., None])
+    assert float(np.max(scaled)) <= 1.0
+
+
+def test_filters_from_config_change_the_network():
+    cfg = OmegaConf.create({"filters": [16, 32, 64], "kernel_size": 3, "dense_units": 20, "dropout": 0.1})
+    model = compile_model(build_model(cfg), compose(config_dir=ROOT / "conf").train)
+    assert [model.get_layer(f"conv{i}").filters for i in (1, 2, 3)] == [16, 32, 64]
+    assert model.get_layer("pool3").output.shape[1:] == (3, 3, 64)
+    assert [m.name for m in model.metrics] == ["loss", "compile_metrics"] or model.metrics_names
