@@ -16,6 +16,7 @@ from fmnist_mlops.data import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
+PIPELINE_OUTPUT_DIRS = ("data", "models", "reports")
 
 
 def require_real_data() -> Path:
@@ -70,9 +71,14 @@ def copy_project(dest: Path) -> Path:
     """Copy the project's tracked and unignored files into ``dest`` as a fresh git repo."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for rel in files:
+        if rel.split("/")[0] in PIPELINE_OUTPUT_DIRS:
+            continue  # like a fresh clone: the pipeline makes these
         src = ROOT / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

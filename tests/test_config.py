@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, venv_env
 from omegaconf import open_dict
 
-from conftest import ROOT, venv_env
 from fmnist_mlops.config import compose, flatten, params_yaml, validate
 from fmnist_mlops.errors import ConfigError
 
@@ -22,12 +22,24 @@ def test_defaults_expose_the_documented_interface():
     assert flat["seed"] == 42
     assert flat["model.filters"] == [32, 64]
     assert (flat["model.dense_units"], flat["model.dropout"]) == (100, 0.4)
-    assert (flat["train.epochs"], flat["train.patience"], flat["train.monitor"]) == (20, 2, "val_loss")
+    assert (flat["train.epochs"], flat["train.patience"], flat["train.monitor"]) == (
+        20,
+        2,
+        "val_loss",
+    )
     assert (flat["data.val_split"], flat["data.split_seed"]) == (0.2, 42)
     assert flat["registry.metric"] == "val_accuracy" and flat["registry.mode"] == "max"
-    assert flat["registry.model_name"] == "fashion-mnist-cnn" and flat["registry.alias"] == "champion"
+    assert (
+        flat["registry.model_name"] == "fashion-mnist-cnn" and flat["registry.alias"] == "champion"
+    )
     assert flat["mlflow.experiment"] == "fashion-mnist"
-    for key in ("data.source_dir", "train.batch_size", "train.lr", "registry.min_delta", "registry.floor"):
+    for key in (
+        "data.source_dir",
+        "train.batch_size",
+        "train.lr",
+        "registry.min_delta",
+        "registry.floor",
+    ):
         assert key in flat
     assert "hydra" not in cfg
 
@@ -80,8 +92,17 @@ def test_bad_values_get_one_line_errors(override, message):
 def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
     db = tmp_path / "mlflow.db"
     result = subprocess.run(
-        [sys.executable, "src/train.py", "model.dropout=1.5", f"mlflow.tracking_uri=sqlite:///{db}"],
-        cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=120,
+        [
+            sys.executable,
+            "src/train.py",
+            "model.dropout=1.5",
+            f"mlflow.tracking_uri=sqlite:///{db}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=120,
     )
     assert result.returncode == 2
     # TensorFlow prints its own start-up lines (oneDNN notice); ours start with the stage name.
@@ -93,7 +114,11 @@ def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
 def test_unknown_key_is_refused_by_hydra():
     result = subprocess.run(
         [sys.executable, "src/train.py", "model.filterz=[1]"],
-        cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=120,
     )
     assert result.returncode != 0 and "filterz" in result.stderr
 
@@ -106,13 +131,21 @@ def local_imports(module_file: Path, package_dir: Path, seen: set[Path]) -> set[
     tree = ast.parse(module_file.read_text())
     for node in ast.walk(tree):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fmnist_mlops"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("fmnist_mlops")
+        ):
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("fmnist_mlops")]
         for name in names:
             parts = name.split(".")[1:]
-            candidate = package_dir.joinpath(*parts).with_suffix(".py") if parts else package_dir / "__init__.py"
+            candidate = (
+                package_dir.joinpath(*parts).with_suffix(".py")
+                if parts
+                else package_dir / "__init__.py"
+            )
             for path in (candidate, package_dir / "__init__.py"):
                 if path.is_file() and path not in seen:
                     seen.add(path)

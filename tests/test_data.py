@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, require_real_data
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT, require_real_data
 from fmnist_mlops.config import compose
 from fmnist_mlops.data import (
     IMAGE_MAGIC,
@@ -53,7 +53,9 @@ def test_reads_images_and_labels_and_hashes_decompressed_content(tmp_path):
     assert images.shape == (3, 28, 28) and images.dtype == np.uint8
     assert np.array_equal(images.ravel(), pixels)
     assert digest == hashlib.sha256(raw).hexdigest()
-    labels, _ = read_idx(write_gz(tmp_path / "l.gz", idx_bytes(LABEL_MAGIC, 3, bytes([0, 9, 4]))), LBL_SPEC)
+    labels, _ = read_idx(
+        write_gz(tmp_path / "l.gz", idx_bytes(LABEL_MAGIC, 3, bytes([0, 9, 4]))), LBL_SPEC
+    )
     assert labels.tolist() == [0, 9, 4]
 
 
@@ -73,7 +75,11 @@ def test_same_content_recompressed_gives_same_hash(tmp_path):
         (idx_bytes(LABEL_MAGIC, 3, bytes([1, 2, 3])), IMG_SPEC, "magic number 2049, expected 2051"),
         (idx_bytes(IMAGE_MAGIC, 5, bytes(5 * 784)), IMG_SPEC, "5 records in header, expected 3"),
         (idx_bytes(IMAGE_MAGIC, 3, bytes(2 * 784)), IMG_SPEC, "decompressed bytes, expected"),
-        (idx_bytes(IMAGE_MAGIC, 3, bytes(3 * 32 * 32), dims=(32, 32)), IMG_SPEC, "32x32, expected 28x28"),
+        (
+            idx_bytes(IMAGE_MAGIC, 3, bytes(3 * 32 * 32), dims=(32, 32)),
+            IMG_SPEC,
+            "32x32, expected 28x28",
+        ),
         (idx_bytes(LABEL_MAGIC, 3, bytes([1, 10, 3])), LBL_SPEC, "label 10 outside 0-9"),
         (b"\x00\x00", LBL_SPEC, "too short"),
     ],
@@ -88,7 +94,9 @@ def test_bad_content_is_rejected_naming_the_file(tmp_path, raw, spec, message):
 def test_checksum_mismatch_names_both_hashes(tmp_path):
     raw = idx_bytes(LABEL_MAGIC, 3, bytes([1, 2, 3]))
     spec = IdxSpec("train-labels", "x", "0" * 64, LABEL_MAGIC, 3)
-    with pytest.raises(DataError, match=f"is {hashlib.sha256(raw).hexdigest()}, expected {'0' * 64}"):
+    with pytest.raises(
+        DataError, match=f"is {hashlib.sha256(raw).hexdigest()}, expected {'0' * 64}"
+    ):
         read_idx(write_gz(tmp_path / "l.gz", raw), spec)
 
 
@@ -151,7 +159,12 @@ def test_offline_error_names_all_four_options(tmp_path):
         locate(data_cfg(tmp_path, base_url=f"http://127.0.0.1:{port}/"))
     msg = str(err.value)
     assert "\n" not in msg
-    for needle in ("data.source_dir", "apt-get install dataset-fashion-mnist", str(tmp_path / "keras"), f"127.0.0.1:{port}"):
+    for needle in (
+        "data.source_dir",
+        "apt-get install dataset-fashion-mnist",
+        str(tmp_path / "keras"),
+        f"127.0.0.1:{port}",
+    ):
         assert needle in msg
     assert not list((tmp_path / "keras").glob("*.gz")), "no partial download may be left"
 
@@ -194,7 +207,9 @@ def test_real_data_verifies_and_splits_stratified(real_prepared):
     splits = load_prepared(out)
     assert splits.x_train.dtype == np.uint8 and splits.x_train.shape == (48000, 28, 28)
     # The test set is the official one, untouched and in its original order.
-    test_images, _ = read_idx(Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"), SPECS[2])
+    test_images, _ = read_idx(
+        Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"), SPECS[2]
+    )
     assert np.array_equal(splits.x_test, test_images)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import ROOT
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from fmnist_mlops.config import compose
 from fmnist_mlops.model import build_model, compile_model
 
@@ -14,11 +14,23 @@ def test_reference_architecture_and_parameter_count():
     model = build_model(compose(config_dir=ROOT / "conf").model)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == [
-        "InputLayer", "Reshape", "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D",
-        "Flatten", "Dense", "Dropout", "Dense",
+        "InputLayer",
+        "Reshape",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
     ]
     assert model.get_layer("conv1").filters == 32 and model.get_layer("conv2").filters == 64
-    assert model.get_layer("conv1").kernel_size == (3, 3) and model.get_layer("conv1").padding == "same"
+    assert (
+        model.get_layer("conv1").kernel_size == (3, 3)
+        and model.get_layer("conv1").padding == "same"
+    )
     assert model.get_layer("pool2").output.shape[1:] == (7, 7, 64)
     assert model.get_layer("dropout").rate == 0.4
     # 320 + 18,496 + 313,700 + 1,010: the tutorial's network, parameter for parameter.
@@ -37,7 +49,9 @@ def test_takes_raw_pixels_and_returns_probabilities():
 
 
 def test_filters_from_config_change_the_network():
-    cfg = OmegaConf.create({"filters": [16, 32, 64], "kernel_size": 3, "dense_units": 20, "dropout": 0.1})
+    cfg = OmegaConf.create(
+        {"filters": [16, 32, 64], "kernel_size": 3, "dense_units": 20, "dropout": 0.1}
+    )
     model = compile_model(build_model(cfg), compose(config_dir=ROOT / "conf").train)
     assert [model.get_layer(f"conv{i}").filters for i in (1, 2, 3)] == [16, 32, 64]
     assert model.get_layer("pool3").output.shape[1:] == (3, 3, 64)

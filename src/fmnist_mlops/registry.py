@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
@@ -153,11 +152,13 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
         if decision.promote:
             if champ is not None:
                 client.set_model_version_tag(
-                    reg.model_name, version.version, PREVIOUS_TAG, champ.version
+                    reg.model_name, version.version, PREVIOUS_TAG, str(champ.version)
                 )
             client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
-        holder = client.get_model_version_by_alias(reg.model_name, reg.alias).version
-        if decision.promote and holder != version.version:
+        # Read the alias back: what a server reports is the truth, not what we asked for.
+        after = current_champion(client, reg.model_name, reg.alias)
+        holder = int(after.version) if after is not None else None
+        if decision.promote and holder != int(version.version):
             raise RegistryError(f"alias {reg.alias} moved to version {holder} concurrently")
 
     record = {
@@ -173,7 +174,7 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
         "champion_version": int(champ.version) if champ is not None else None,
         "champion_score": champion,
         **asdict(decision),
-        "champion_after": int(holder),
+        "champion_after": holder,
     }
     client.set_tag(
         run_info["run_id"], "registry.decision", "promoted" if decision.promote else "kept"

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ("train", splits.x_train, splits.y_train),
             ("val", splits.x_val, splits.y_val),
         ):
-            dataset = mlflow.data.from_numpy(
-                features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
-            )
+            with warnings.catch_warnings():
+                # MLflow registers two equivalent local-path source types and warns about it.
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_numpy(
+                    features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
+                )
             mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 
         started = time.perf_counter()

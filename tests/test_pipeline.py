@@ -1,0 +1,151 @@
+"""The real pipeline, driven by real DVC commands in a temporary copy of the project (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_project, require_real_data, venv_env
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def sh(project: Path, *cmd: str, check: bool = True, timeout: int = 900):
+    result = subprocess.run(
+        cmd, cwd=project, capture_output=True, text=True, env=venv_env(), timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True):
+    return sh(project, str(BIN / "dvc"), *args, check=check)
+
+
+def client_for(project: Path) -> MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def runs(project: Path):
+    client = client_for(project)
+    exp = client.get_experiment_by_name("fashion-mnist")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory):
+    require_real_data()
+    project = copy_project(tmp_path_factory.mktemp("smoke-project"))
+    sh(project, sys.executable, "-m", "fmnist_mlops.config", "experiment=smoke")
+    sh(
+        project,
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t.invalid",
+        "commit",
+        "-qam",
+        "smoke params",
+    )
+    dvc(project, "repro")
+    return project
+
+
+def test_repro_tracks_everything_in_mlflow(smoke_project):
+    project = smoke_project
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    [run] = runs(project)
+    assert run.info.run_id == metrics["run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["data.max_train"] == "512"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    client = client_for(project)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
+    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    promotion = json.loads((project / "reports/promotion.json").read_text())
+    assert int(champion.version) == promotion["champion_after"] == 1
+    assert champion.run_id == run.info.run_id
+    for name in (
+        "history.png",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "test_predictions.csv",
+    ):
+        assert (project / "reports" / name).stat().st_size > 0
+
+
+def test_second_repro_runs_nothing(smoke_project):
+    lock = (smoke_project / "dvc.lock").read_text()
+    before = len(runs(smoke_project))
+    out = dvc(smoke_project, "repro").stdout
+    assert "Running stage" not in out
+    assert (smoke_project / "dvc.lock").read_text() == lock
+    assert len(runs(smoke_project)) == before
+
+
+def test_failed_stage_leaves_lock_and_checkout_restores(smoke_project):
+    project = smoke_project
+    lock = (project / "dvc.lock").read_text()
+    params = project / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("dropout: 0.4", "dropout: 1.5"))
+    try:
+        result = dvc(project, "repro", check=False)
+        assert result.returncode != 0
+        assert "train: error: model.dropout=1.5 is invalid" in result.stdout + result.stderr
+        assert (project / "dvc.lock").read_text() == lock
+    finally:
+        params.write_text(original)
+    dvc(project, "checkout")
+    status = dvc(project, "status", "--json").stdout
+    assert json.loads(status) == {}, status
+    assert all(r.info.status == "FINISHED" for r in runs(project)), "no run left RUNNING"
+
+
+def test_exp_run_set_param_reaches_the_code(smoke_project):
+    project = smoke_project
+    dvc(
+        project,
+        "exp",
+        "run",
+        "-S",
+        "experiment=smoke",
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "model.filters=[16,32]",
+    )
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    run = client_for(project).get_run(metrics["run_id"])
+    # What DVC recorded is what ran.
+    recorded = yaml.safe_load((project / "params.yaml").read_text())
+    assert recorded["train"]["epochs"] == 1 and recorded["model"]["filters"] == [16, 32]
+    assert run.data.params["train.epochs"] == "1" and run.data.params["model.filters"] == "[16, 32]"
+    assert run.data.metrics["epochs_trained"] == 1
+    assert run.data.tags.get("dvc_exp_name")
+    show = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    text = json.dumps(show)
+    assert metrics["run_id"] in text and "test_accuracy" in text
+
+
+def test_default_config_on_real_data_reaches_the_bar(tmp_path):
+    """The README's promise: a champion with test accuracy >= 0.915 from the default config."""
+    require_real_data()
+    project = copy_project(tmp_path / "project")
+    dvc(project, "repro")
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["test_images"] == 10000
+    assert metrics["test_accuracy"] >= 0.915, metrics
+    champion = client_for(project).get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert champion.run_id == metrics["run_id"]

@@ -1,0 +1,99 @@
+"""Promotion rule and rollback, on a real MLflow registry with real smoke-trained models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import smoke_config
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from fmnist_mlops.data import load_prepared
+from fmnist_mlops.errors import RegistryError
+from fmnist_mlops.evaluation import evaluate, score
+from fmnist_mlops.paths import PROMOTION_JSON
+from fmnist_mlops.registry import decide, promote, rollback
+from fmnist_mlops.training import train
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "mode", "min_delta", "floor", "promote_"),
+    [
+        (0.90, None, "max", 0.0, 0.85, True),  # first model above the floor
+        (0.80, None, "max", 0.0, 0.85, False),  # first model below the floor
+        (0.91, 0.90, "max", 0.0, 0.85, True),
+        (0.90, 0.90, "max", 0.0, 0.85, False),  # a tie is not an improvement
+        (0.905, 0.90, "max", 0.01, 0.85, False),  # not by more than min_delta
+        (0.911, 0.90, "max", 0.01, 0.85, True),
+        (0.95, 0.90, "max", 0.0, 0.96, False),  # better, but under the floor
+        (0.20, 0.25, "min", 0.0, 0.30, True),  # loss: lower is better, floor is a ceiling
+        (0.25, 0.20, "min", 0.0, 0.30, False),
+        (0.35, None, "min", 0.0, 0.30, False),
+    ],
+)
+def test_promotion_rule(candidate, champion, mode, min_delta, floor, promote_):
+    decision = decide(candidate, champion, mode=mode, min_delta=min_delta, floor=floor)
+    assert decision.promote is promote_ and decision.reason
+
+
+def pipeline(tmp: Path, prepared: Path, uri: str, *overrides: str):
+    cfg = smoke_config(tmp, prepared, *overrides)
+    with open_dict(cfg):
+        cfg.mlflow.tracking_uri = uri
+    train(cfg)
+    evaluate(cfg)
+    return cfg
+
+
+def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared):
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
+    first = promote(weak)
+    assert (
+        first["promote"] and first["candidate_version"] == 1 and first["champion_version"] is None
+    )
+    assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "1"
+
+    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
+    second = promote(strong)
+    assert second["candidate_score"] > second["champion_score"], "2 epochs beat 1 on this seed"
+    assert second["promote"] and second["champion_after"] == 2 and second["champion_version"] == 1
+    # The champion was re-scored on the current validation split, not read from its run.
+    splits = load_prepared(smoke_prepared)
+    v1 = mlflow.tensorflow.load_model("models:/fashion-mnist-cnn/1")
+    assert second["champion_score"] == pytest.approx(
+        score(v1, splits.x_val, splits.y_val)["accuracy"]
+    )
+    on_disk = json.loads((Path(strong.paths.out) / PROMOTION_JSON).read_text())
+    assert on_disk == second
+
+    # The same model again is registered but does not move the alias (a tie is no gain).
+    third = promote(strong)
+    assert not third["promote"] and third["candidate_version"] == 3 and third["champion_after"] == 2
+    run = client.get_run(third["run_id"])
+    assert run.data.tags["registry.decision"] == "kept"
+
+    assert rollback(strong) == {
+        "model_name": "fashion-mnist-cnn",
+        "from_version": 2,
+        "to_version": 1,
+    }
+    assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "1"
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(strong)
+
+
+def test_floor_blocks_a_weak_first_model(tmp_path, smoke_prepared):
+    uri = f"sqlite:///{tmp_path / 'floor.db'}"
+    cfg = pipeline(tmp_path, smoke_prepared, uri, "train.epochs=1", "registry.floor=0.99")
+    decision = promote(cfg)
+    assert not decision["promote"] and "floor" in decision["reason"]
+    client = MlflowClient(uri, registry_uri=uri)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    with pytest.raises(RegistryError, match="has no @champion"):
+        rollback(cfg)

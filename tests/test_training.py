@@ -1,0 +1,89 @@
+"""Training + evaluation on the real smoke split, checked through MLflow's client."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import smoke_config
+from mlflow.tracking import MlflowClient
+
+from fmnist_mlops.evaluation import evaluate
+from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
+from fmnist_mlops.training import EPOCH_METRICS, train
+
+
+@pytest.fixture
+def trained(smoke_cfg):
+    result = train(smoke_cfg)
+    return smoke_cfg, result, MlflowClient(smoke_cfg.mlflow.tracking_uri)
+
+
+def test_train_logs_params_epoch_history_artifacts_and_model(trained):
+    cfg, result, client = trained
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.filters"] == "[32, 64]"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["seed"] == "42"
+    for metric in EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert steps == [0, 1], metric
+    assert run.data.metrics["best_epoch"] == result["best_epoch"]
+    tags = run.data.tags
+    assert tags["data.sha256.train-images"].startswith("c59f468a")
+    assert "git_commit" in tags and tags["git_dirty"] in ("true", "false")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "plots", "checkpoints"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/history.png" in plots
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert inputs == {"fashion-mnist-train", "fashion-mnist-val"}
+
+    logged = mlflow.tensorflow.load_model(result["model_uri"])
+    sig = mlflow.models.get_model_info(result["model_uri"]).signature
+    assert list(sig.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28]
+    best = keras.saving.load_model(f"{cfg.paths.out}/{MODEL_FILE}", safe_mode=True)
+    for a, b in zip(logged.get_weights(), best.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    from pathlib import Path
+
+    assert json.loads((Path(cfg.paths.out) / RUN_FILE).read_text())["run_id"] == result["run_id"]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path, smoke_prepared):
+    a = train(smoke_config(tmp_path / "a", smoke_prepared))
+    b = train(smoke_config(tmp_path / "b", smoke_prepared))
+    c = train(smoke_config(tmp_path / "c", smoke_prepared, "seed=7"))
+    assert (a["val_loss"], a["val_accuracy"]) == (b["val_loss"], b["val_accuracy"])
+    assert a["val_loss"] != c["val_loss"]
+
+
+def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
+    cfg, result, client = trained
+    metrics = evaluate(cfg)
+    assert metrics["run_id"] == result["run_id"]
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert run.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"])
+    assert "test_f1.Ankle boot" in run.data.metrics
+    assert len(client.search_runs([run.info.experiment_id])) == 1, (
+        "evaluate must not start a new run"
+    )
+    from pathlib import Path
+
+    out = Path(cfg.paths.out)
+    on_disk = json.loads((out / METRICS_JSON).read_text())
+    assert on_disk == metrics and 0.0 <= on_disk["test_accuracy"] <= 1.0
+    rows = (out / PREDICTIONS_CSV).read_text().splitlines()
+    assert (
+        rows[0] == "index,actual,predicted,probability" and len(rows) == 1 + metrics["test_images"]
+    )
+    evaluation = {a.path for a in client.list_artifacts(result["run_id"], "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"} <= evaluation
+    # Accuracy in metrics.json is exactly the share of correct rows in the predictions file.
+    correct = sum(1 for r in rows[1:] if r.split(",")[1] == r.split(",")[2])
+    assert correct / metrics["test_images"] == pytest.approx(metrics["test_accuracy"])
