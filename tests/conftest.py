@@ -33,6 +33,11 @@ def venv_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first, no inherited MLflow URI."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # Temporary repos commit (DVC experiments too); CI machines may have no git identity.
+    for key, value in (("GIT_AUTHOR_NAME", "fmnist test"), ("GIT_COMMITTER_NAME", "fmnist test")):
+        env.setdefault(key, value)
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env.setdefault(key, "test@fashion-mnist-mlops.invalid")
     env.update(extra)
     return env
 
@@ -83,10 +88,10 @@ def copy_project(dest: Path) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    env = venv_env()
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
     return dest
 
 

@@ -149,3 +149,21 @@ def test_default_config_on_real_data_reaches_the_bar(tmp_path):
     assert metrics["test_accuracy"] >= 0.915, metrics
     champion = client_for(project).get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert champion.run_id == metrics["run_id"]
+
+
+def test_make_repro_picks_up_a_conf_edit(smoke_project):
+    """`make repro` recomposes params.yaml from conf/, so an edit there reaches the stages."""
+    project = smoke_project
+    venv = project / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.executable).parent.parent)  # reuse this interpreter's venv
+        (venv / ".installed").touch(exist_ok=True)
+    config = project / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: smoke"))
+    smoke = project / "conf" / "experiment" / "smoke.yaml"
+    smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
+    sh(project, "make", "repro")
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    run = client_for(project).get_run(metrics["run_id"])
+    assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1

@@ -122,6 +122,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         train.optimizer in OPTIMIZERS, "train.optimizer", train.optimizer, f"one of {OPTIMIZERS}"
     )
     _check(train.monitor in MONITORS, "train.monitor", train.monitor, f"one of {MONITORS}")
+    factor = train.get("lr_plateau_factor")
+    _check(
+        factor is None or (_is_num(factor) and 0 < factor < 1),
+        "train.lr_plateau_factor",
+        factor,
+        "null (off) or a number in (0, 1)",
+    )
+    if factor is not None:
+        lp = train.get("lr_plateau_patience")
+        _check(_is_int(lp) and lp > 0, "train.lr_plateau_patience", lp, "an integer > 0")
 
     reg = cfg.registry
     _check(reg.metric in METRICS, "registry.metric", reg.metric, f"one of {METRICS}")
