@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data params check-params repro test test-fast lint format ui serve rollback clean
+.PHONY: help install data params check-params repro test test-fast lint format ui serve serve-stop rollback clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,10 +52,14 @@ format: $(STAMP) ## ruff format + autofix
 ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
 
-serve: $(STAMP) ## Serve models:/fashion-mnist-cnn@champion on 127.0.0.1:$(PORT) (restart after a promotion)
+serve: $(STAMP) ## (Re)start serving models:/fashion-mnist-cnn@champion on 127.0.0.1:$(PORT)
+	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
 	@echo "mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
+		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
+
+serve-stop: $(STAMP) ## Stop the model server on $(PORT)
+	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion
 	$(BIN)/python src/rollback.py

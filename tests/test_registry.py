@@ -13,7 +13,7 @@ from omegaconf import open_dict
 
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import evaluate, score
+from fmnist_mlops.evaluation import evaluate, load_network, score
 from fmnist_mlops.paths import PROMOTION_JSON
 from fmnist_mlops.registry import decide, promote, rollback
 from fmnist_mlops.training import train
@@ -64,7 +64,7 @@ def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared
     assert second["promote"] and second["champion_after"] == 2 and second["champion_version"] == 1
     # The champion was re-scored on the current validation split, not read from its run.
     splits = load_prepared(smoke_prepared)
-    v1 = mlflow.tensorflow.load_model("models:/fashion-mnist-cnn/1")
+    v1 = load_network("models:/fashion-mnist-cnn/1")
     assert second["champion_score"] == pytest.approx(
         score(v1, splits.x_val, splits.y_val)["accuracy"]
     )

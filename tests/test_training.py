@@ -11,7 +11,7 @@ import pytest
 from conftest import smoke_config
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.evaluation import evaluate
+from fmnist_mlops.evaluation import evaluate, load_network
 from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
 from fmnist_mlops.training import EPOCH_METRICS, train
 
@@ -42,7 +42,7 @@ def test_train_logs_params_epoch_history_artifacts_and_model(trained):
     inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert inputs == {"fashion-mnist-train", "fashion-mnist-val"}
 
-    logged = mlflow.tensorflow.load_model(result["model_uri"])
+    logged = load_network(result["model_uri"])
     sig = mlflow.models.get_model_info(result["model_uri"]).signature
     assert list(sig.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28]
     best = keras.saving.load_model(f"{cfg.paths.out}/{MODEL_FILE}", safe_mode=True)

@@ -31,6 +31,17 @@ from fmnist_mlops.plots import confusion_plot, misclassified_grid
 log = logging.getLogger(__name__)
 
 
+def load_network(model_uri: str) -> keras.Model:
+    """Load the Keras network inside a logged model (our pyfunc, or a plain TF-flavor model)."""
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    try:
+        return pyfunc.unwrap_python_model().model
+    except (mlflow.exceptions.MlflowException, AttributeError):
+        from mlflow import tensorflow as mlflow_tensorflow
+
+        return mlflow_tensorflow.load_model(model_uri)
+
+
 def score(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
     """Return ``loss`` and ``accuracy`` of ``model`` on raw-pixel images ``x``."""
     probs = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)

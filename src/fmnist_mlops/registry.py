@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
@@ -25,7 +26,7 @@ from fmnist_mlops import tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import score
+from fmnist_mlops.evaluation import load_network, score
 from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
@@ -126,17 +127,13 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
     reg = cfg.registry
     tracking.setup(cfg)
     client = MlflowClient()
-    import mlflow.tensorflow  # noqa: F401  (registers the flavor loader)
-
     with registry_lock(reg.model_name):
-        candidate_scores = score(
-            mlflow.tensorflow.load_model(run_info["model_uri"]), splits.x_val, splits.y_val
-        )
+        candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
         candidate = _metric_value(candidate_scores, reg.metric)
         champ = current_champion(client, reg.model_name, reg.alias)
         champion = None
         if champ is not None:
-            champ_model = mlflow.tensorflow.load_model(f"models:/{reg.model_name}/{champ.version}")
+            champ_model = load_network(f"models:/{reg.model_name}/{champ.version}")
             champion = _metric_value(score(champ_model, splits.x_val, splits.y_val), reg.metric)
         decision = decide(
             candidate,

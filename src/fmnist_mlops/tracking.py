@@ -21,13 +21,13 @@ log = logging.getLogger(__name__)
 _MAX_PARAM_LEN = 6000
 
 
-def tracking_uri(cfg: DictConfig) -> str:
+def tracking_uri(cfg: DictConfig | None) -> str:
     """Return ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the default.
 
     The default is ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``,
     so every stage (and every working directory) writes to the same store.
     """
-    configured = OmegaConf.select(cfg, "mlflow.tracking_uri")
+    configured = OmegaConf.select(cfg, "mlflow.tracking_uri") if cfg is not None else None
     if configured:
         return str(configured)
     env = os.environ.get("MLFLOW_TRACKING_URI")

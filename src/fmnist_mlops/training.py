@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import random
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -17,10 +18,10 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import tracking
+from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
-from fmnist_mlops.model import build_model, compile_model
+from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model
 from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
 from fmnist_mlops.plots import history_plot
 
@@ -115,6 +116,34 @@ def fit(
     return model, hist, best_epoch
 
 
+def log_served_model(keras_file: Path, example: np.ndarray) -> mlflow.models.model.ModelInfo:
+    """Log the network as the models-from-code pyfunc in ``serving.py`` (name ``model``).
+
+    Tensor signature (-1, 28, 28) float32 with a ``top_k`` param, a real input example, explicit
+    pip requirements (inference costs seconds and lists the wrong TensorFlow), and the class
+    names as an artifact inside the model.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
+        params=ParamSchema([ParamSpec("top_k", "long", 0)]),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        names = Path(tmp) / "class_names.json"
+        names.write_text(json.dumps(list(CLASS_NAMES)))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={"keras_model": str(keras_file), "class_names": str(names)},
+            signature=signature,
+            input_example=(example, {"top_k": 3}),
+            pip_requirements=pip_requirements(),
+            metadata={"class_names": list(CLASS_NAMES)},
+        )
+
+
 def _write_history(hist: dict[str, list[float]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
@@ -185,15 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mlflow.log_artifact(str(out / HISTORY_CSV), "plots")
         mlflow.log_artifact(str(out / MODEL_FILE), "checkpoints")
 
-        example = splits.x_val[:5].astype("float32")
-        signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-        )
+        info = log_served_model(out / MODEL_FILE, splits.x_val[:2].astype("float32"))
         record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
         (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     log.info(

@@ -1,0 +1,276 @@
+"""Serving: a real `mlflow models serve` of the registered champion, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import ROOT, smoke_config, venv_env
+from omegaconf import open_dict
+from PIL import Image
+from test_data import free_port
+
+from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.data import load_prepared
+from fmnist_mlops.evaluation import evaluate
+from fmnist_mlops.paths import PREDICTIONS_CSV
+from fmnist_mlops.predict import to_fashion_mnist
+from fmnist_mlops.registry import promote
+from fmnist_mlops.training import train
+
+MODEL_URI = "models:/fashion-mnist-cnn@champion"
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, smoke_prepared):
+    """A smoke-trained, evaluated and promoted model in its own store."""
+    tmp = tmp_path_factory.mktemp("serving")
+    cfg = smoke_config(tmp, smoke_prepared)
+    with open_dict(cfg):
+        cfg.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    train(cfg)
+    evaluate(cfg)
+    assert promote(cfg)["promote"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def server(champion):
+    port = free_port()
+    env = venv_env(
+        MLFLOW_TRACKING_URI=champion.mlflow.tracking_uri,
+        MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",  # our model must not need pickle
+    )
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        MODEL_URI,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    log = open(Path(champion.paths.out).parent / "serve.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            pytest.fail("server did not start:\n" + Path(log.name).read_text()[-3000:])
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def post(url: str, body: bytes | str, content_type: str = "application/json"):
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(
+        f"{url}/invocations", data=data, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_served_answers_equal_pyfunc_and_evaluate(server, champion, smoke_prepared):
+    splits = load_prepared(smoke_prepared)
+    idx = list(range(12))
+    images = splits.x_test[idx]
+    status, body = post(server, json.dumps({"inputs": images.tolist(), "params": {"top_k": 3}}))
+    assert status == 200, body[:500]
+    served = json.loads(body)["predictions"]
+    assert len(served) == len(idx)
+
+    mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
+    mlflow.set_registry_uri(champion.mlflow.tracking_uri)
+    local = mlflow.pyfunc.load_model(MODEL_URI).predict(images.astype(np.float32))
+    for s, loc in zip(served, local, strict=True):
+        np.testing.assert_allclose(s["probabilities"], loc["probabilities"], atol=1e-5)
+        assert s["class"] == CLASS_NAMES[s["index"]] and s["probability"] == max(s["probabilities"])
+        assert [t["index"] for t in s["top_k"]][0] == s["index"] and len(s["top_k"]) == 3
+        assert sum(s["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    with open(Path(champion.paths.out) / PREDICTIONS_CSV) as fh:
+        saved = list(csv.DictReader(fh))
+    assert [s["class"] for s in served] == [saved[i]["predicted"] for i in idx]
+
+
+def test_integer_and_float_pixels_single_image(server, smoke_prepared):
+    image = load_prepared(smoke_prepared).x_test[0]
+    ints = json.loads(post(server, json.dumps({"inputs": [image.tolist()]}))[1])
+    floats = json.loads(post(server, json.dumps({"inputs": [(image.astype(float)).tolist()]}))[1])
+    assert ints == floats and "top_k" not in ints["predictions"][0]
+    instances = json.loads(post(server, json.dumps({"instances": [image.tolist()]}))[1])
+    assert instances == ints
+
+
+IMG = [[0] * 28] * 28
+BAD_REQUESTS = [
+    ("flat 784", json.dumps({"inputs": [[0] * 784]}), "application/json", 400, "shape"),
+    ("channel axis", json.dumps({"inputs": [[[[0]] * 28] * 28]}), "application/json", 400, "shape"),
+    ("32x32", json.dumps({"inputs": [[[0] * 32] * 32]}), "application/json", 400, "shape"),
+    ("text pixels", json.dumps({"inputs": [[["a"] * 28] * 28]}), "application/json", 400, ""),
+    (
+        "NaN",
+        json.dumps({"inputs": [[[float("nan")] * 28] * 28]}),
+        "application/json",
+        400,
+        "NaN/inf",
+    ),
+    (
+        "inf",
+        json.dumps({"inputs": [[[float("inf")] * 28] * 28]}),
+        "application/json",
+        400,
+        "NaN/inf",
+    ),
+    ("above 255", json.dumps({"inputs": [[[300] * 28] * 28]}), "application/json", 400, "0-255"),
+    ("negative", json.dumps({"inputs": [[[-1] * 28] * 28]}), "application/json", 400, "0-255"),
+    ("empty list", json.dumps({"inputs": []}), "application/json", 400, ""),
+    ("missing inputs", json.dumps({"pixels": [IMG]}), "application/json", 400, ""),
+    (
+        "top_k too big",
+        json.dumps({"inputs": [IMG], "params": {"top_k": 11}}),
+        "application/json",
+        400,
+        "top_k",
+    ),
+    (
+        "top_k not int",
+        json.dumps({"inputs": [IMG], "params": {"top_k": "x"}}),
+        "application/json",
+        400,
+        "top_k",
+    ),
+    ("malformed JSON", '{"inputs": [[[0, 1', "application/json", 400, ""),
+    ("wrong content type", json.dumps({"inputs": [IMG]}), "text/plain", 415, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "ctype", "status", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_input_gets_a_small_4xx_and_the_server_keeps_serving(
+    server, name, body, ctype, status, needle
+):
+    code, reply = post(server, body, ctype)
+    assert code == status, reply[:500]
+    text = reply.decode(errors="replace")
+    assert needle in text
+    if name != "malformed JSON":  # MLflow's own JSON handler echoes the payload (documented)
+        assert len(reply) < 4096, f"{len(reply)} bytes: {text[:300]}"
+    ok, _ = post(server, json.dumps({"inputs": [IMG]}))
+    assert ok == 200
+
+
+# ----------------------------------------------------------------------------- predict CLI
+
+
+def test_photo_polarity_is_inverted_to_fashion_mnist_style():
+    garment = np.zeros((28, 28), dtype=np.uint8)
+    garment[6:22, 9:19] = 200  # light garment on black, as in the dataset
+    photo = Image.fromarray(255 - garment).resize(
+        (84, 84), Image.Resampling.NEAREST
+    )  # dark on white
+    converted = to_fashion_mnist(photo)
+    assert converted.shape == (28, 28)
+    assert np.abs(converted - garment).max() <= 1
+    kept = to_fashion_mnist(Image.fromarray(garment))
+    assert np.abs(kept - garment).max() < 1e-3
+    wide = to_fashion_mnist(
+        Image.fromarray(np.full((20, 60), 255, dtype=np.uint8)), polarity="keep"
+    )
+    assert wide[0].max() == 0 and wide[14].min() > 200, "aspect ratio kept by padding"
+
+
+def test_predict_cli_reads_images_and_walks_through_test_samples(
+    champion, smoke_prepared, tmp_path
+):
+    splits = load_prepared(smoke_prepared)
+    files = []
+    for i in range(3):
+        photo = Image.fromarray(255 - splits.x_test[i]).resize((112, 112), Image.Resampling.NEAREST)
+        path = tmp_path / f"item{i}.png"
+        photo.convert("RGB").save(path)
+        files.append(path)
+    photo.convert("RGB").save(tmp_path / "item.jpg", quality=95)
+    mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
+    mlflow.set_registry_uri(champion.mlflow.tracking_uri)
+    expected = mlflow.pyfunc.load_model(MODEL_URI).predict(splits.x_test[:3].astype(np.float32))
+    cmd = [
+        sys.executable,
+        "src/predict.py",
+        *map(str, files),
+        str(tmp_path / "item.jpg"),
+        "--tracking-uri",
+        champion.mlflow.tracking_uri,
+    ]
+    result = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["file", "class", "probability"]
+    for line, exp in zip(lines[1:4], expected, strict=True):
+        assert exp["class"] in line
+    assert "item.jpg" in lines[4] and any(name in lines[4] for name in CLASS_NAMES)
+
+    walk = subprocess.run(
+        [
+            sys.executable,
+            "src/predict.py",
+            "--test-samples",
+            "2",
+            "--tracking-uri",
+            champion.mlflow.tracking_uri,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=180,
+    )
+    assert walk.returncode == 0, walk.stderr[-2000:]
+    assert walk.stdout.count("test image") == 2 and walk.stdout.count("true ") == 2
+
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "src/predict.py",
+            str(tmp_path / "nope.png"),
+            "--tracking-uri",
+            champion.mlflow.tracking_uri,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=180,
+    )
+    assert missing.returncode == 2 and "nope.png: not a readable image" in missing.stderr
