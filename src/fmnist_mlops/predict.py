@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ def _load_model(model_uri: str, tracking_uri: str | None):
     uri = tracking_uri or default_uri(None)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # Our predict() is deliberately unannotated: type hints would replace the tensor signature.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
