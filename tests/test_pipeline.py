@@ -167,3 +167,29 @@ def test_make_repro_picks_up_a_conf_edit(smoke_project):
     metrics = json.loads((project / "reports/metrics.json").read_text())
     run = client_for(project).get_run(metrics["run_id"])
     assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1
+
+
+def test_temp_experiment_logs_to_the_repository_store(smoke_project):
+    """`dvc exp run --temp` runs in .dvc/tmp/exps/..., which DVC deletes: the run must not."""
+    project = smoke_project
+    before = {r.info.run_id for r in runs(project)}
+    dvc(
+        project,
+        "exp",
+        "run",
+        "--temp",
+        "-S",
+        "experiment=smoke",
+        "-S",
+        "train.epochs=1",
+        "-S",
+        "seed=3",
+    )
+    new = [r for r in runs(project) if r.info.run_id not in before]
+    assert len(new) == 1, "exactly one new run, in the repository's mlflow.db"
+    run = new[0]
+    assert run.data.params["seed"] == "3" and run.data.tags.get("dvc_exp_name")
+    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+    artifacts = client_for(project).list_artifacts(run.info.run_id, "plots")
+    assert any(a.path == "plots/history.png" for a in artifacts)
+    assert not list((project / ".dvc" / "tmp").glob("exps/*/mlflow.db"))

@@ -24,19 +24,34 @@ PROMOTION_JSON = Path("reports/promotion.json")
 
 
 def project_root() -> Path:
-    """Return the project root.
+    """Return the workspace root: the nearest folder at or above the cwd holding ``dvc.yaml``.
 
-    ``DVC_ROOT`` (set by DVC for stage commands) wins; otherwise the nearest folder at or above
-    the working directory that holds ``dvc.yaml``; otherwise the working directory.
+    Inside ``dvc exp run --temp`` or a queued experiment that is DVC's temporary copy of the
+    repository, which is where the stage's outputs must go. Falls back to the cwd.
     """
-    env = os.environ.get("DVC_ROOT")
-    if env:
-        return Path(env).resolve()
     cwd = Path.cwd().resolve()
     for folder in (cwd, *cwd.parents):
         if (folder / "dvc.yaml").is_file():
             return folder
     return cwd
+
+
+def store_root() -> Path:
+    """Return the folder that holds the MLflow store (``mlflow.db``, ``mlruns/``).
+
+    The repository itself, even from DVC's temporary experiment workspaces
+    (``<repo>/.dvc/tmp/exps/...``), which DVC deletes afterwards: runs logged there must land
+    in the repository's store. DVC sets ``DVC_ROOT`` to the repository for stage commands.
+    """
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    root = project_root()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
 
 
 def resolve(path: str | os.PathLike) -> Path:

@@ -31,10 +31,10 @@ from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
     RUN_FILE,
-    project_root,
     read_run,
     resolve,
     stage_dir,
+    store_root,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def decide(
 @contextlib.contextmanager
 def registry_lock(name: str) -> Iterator[None]:
     """Serialise compare-and-move on this machine (a file lock next to the store)."""
-    folder = project_root() / ".locks"
+    folder = store_root() / ".locks"
     folder.mkdir(exist_ok=True)
     with open(folder / f"registry-{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -13,7 +13,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.config import flatten
-from fmnist_mlops.paths import project_root
+from fmnist_mlops.paths import project_root, store_root
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def tracking_uri(cfg: DictConfig | None) -> str:
     """Return ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the default.
 
     The default is ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``,
-    so every stage (and every working directory) writes to the same store.
+    so every stage (and every working directory, DVC's temporary experiment workspaces
+    included) writes to the same store.
     """
     configured = OmegaConf.select(cfg, "mlflow.tracking_uri") if cfg is not None else None
     if configured:
@@ -33,7 +34,7 @@ def tracking_uri(cfg: DictConfig | None) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{project_root() / 'mlflow.db'}"
+    return f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
 def setup(cfg: DictConfig) -> str:
