@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
 
-from fmnist_mlops.errors import ProjectError
+from fmnist_mlops.errors import Interrupted, ProjectError
 
 
 def setup_logging() -> None:
@@ -25,14 +26,27 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
 def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; print its result as JSON; turn a :class:`ProjectError` into exit 2."""
+    """Call ``fn(cfg)``; print its result as JSON.
+
+    A :class:`ProjectError` becomes one line on stderr and exit 2; SIGTERM/SIGINT become
+    :class:`Interrupted` (the stage marks its MLflow run KILLED) and exit 128 + signal number.
+    """
     setup_logging()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_interrupted)
     try:
         result = fn(cfg)
     except ProjectError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as exc:
+        print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     if result is not None:
         print(json.dumps(result, default=str))
     return result

@@ -15,3 +15,17 @@ class ConfigError(ProjectError):
 
 class RegistryError(ProjectError):
     """The model registry is not in a state the requested action accepts."""
+
+
+class TrainingDiverged(ProjectError):
+    """The loss became NaN or infinite (usually a learning rate that is too high)."""
+
+
+class Interrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterrupt)
+    """SIGTERM or SIGINT arrived; a BaseException so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -83,9 +83,23 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
 
 
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
 def run_tags(stage: str) -> dict[str, str]:
-    """Tags every run gets: stage, host, pid, git state and the DVC experiment if any."""
-    tags = {"stage": stage, "host": socket.gethostname(), "pid": str(os.getpid())}
+    """Tags every run gets: stage, host, pid + process start, git state, DVC experiment."""
+    tags = {
+        "stage": stage,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "process_start": f"{_process_start(os.getpid()):.3f}",
+    }
     tags.update(git_tags())
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
         if os.environ.get(env):
@@ -101,3 +115,40 @@ def log_config(cfg: DictConfig) -> None:
         params[key] = text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN] + "..."
     mlflow.log_params(params)
     mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+
+
+def mark_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process is gone (e.g. after SIGKILL).
+
+    A run is orphaned when its recorded pid no longer exists or now belongs to a process that
+    started at another time (pid reuse). Runs of other hosts are never touched.
+
+    Returns:
+        The ids of the runs marked KILLED.
+    """
+    client = mlflow.tracking.MlflowClient()
+    host = socket.gethostname()
+    marked = []
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'",
+        max_results=1000,
+    )
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid, started = int(tags["pid"]), float(tags["process_start"])
+        except (KeyError, ValueError):
+            continue
+        alive = _process_start(pid)
+        if alive is not None and abs(alive - started) < 1.0:
+            continue
+        client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} is gone")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning(
+            "tracking: run %s was left RUNNING by process %s, now gone: marked KILLED",
+            run.info.run_id,
+            pid,
+        )
+        marked.append(run.info.run_id)
+    return marked

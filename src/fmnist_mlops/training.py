@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import tempfile
 import time
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
+from fmnist_mlops.errors import Interrupted, TrainingDiverged
 from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model
 from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
 from fmnist_mlops.plots import history_plot
@@ -60,6 +62,26 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
+class FailOnNaN(keras.callbacks.Callback):
+    """Stop at the first NaN/inf batch loss with an error, instead of training on garbage."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"loss became {float(loss)} at epoch {self.epoch} batch {batch}: "
+                f"train.lr={self.lr} is too high for this model (default 0.002)"
+            )
+
+
 def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
     wa, wb = a.get_weights(), b.get_weights()
     return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
@@ -84,7 +106,7 @@ def fit(
     early = keras.callbacks.EarlyStopping(
         monitor=monitor, patience=int(cfg.train.patience), restore_best_weights=True
     )
-    callbacks = [checkpoint, early]
+    callbacks = [FailOnNaN(float(cfg.train.lr)), checkpoint, early]
     if cfg.train.get("lr_plateau_factor"):
         # Halving the step when the monitored metric stalls buys the last few tenths of a
         # percent that a constant Adam step leaves on the table before early stopping ends it.
@@ -168,60 +190,77 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
     out = out_dir(cfg.paths.out, "train")
-    tracking.setup(cfg)
+    experiment_id = tracking.setup(cfg)
+
+    tracking.mark_orphaned_runs(experiment_id)
 
     with mlflow.start_run(tags=tracking.run_tags("train")) as run:
-        run_id = run.info.run_id
-        log.info("train: MLflow run %s, outputs in %s", run_id, out)
-        tracking.log_config(cfg)
-        mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
-        mlflow.set_tag("data.source", splits.meta["source"])
-        for name, x, y in (
-            ("train", splits.x_train, splits.y_train),
-            ("val", splits.x_val, splits.y_val),
-        ):
-            with warnings.catch_warnings():
-                # MLflow registers two equivalent local-path source types and warns about it.
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_numpy(
-                    features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
-                )
-            mlflow.log_input(dataset, context="training" if name == "train" else "validation")
-
-        started = time.perf_counter()
-        model, hist, best_epoch = fit(cfg, splits, out)
-        fit_seconds = time.perf_counter() - started
-
-        summary = {
-            "best_epoch": best_epoch,
-            "epochs_trained": len(hist["loss"]),
-            "val_loss": hist["val_loss"][best_epoch],
-            "val_accuracy": hist["val_accuracy"][best_epoch],
-            "fit_seconds": round(fit_seconds, 2),
-        }
-        mlflow.log_metrics(
-            {
-                "best_epoch": best_epoch,
-                "epochs_trained": summary["epochs_trained"],
-                "best_val_loss": summary["val_loss"],
-                "best_val_accuracy": summary["val_accuracy"],
-                "fit_seconds": fit_seconds,
-            }
-        )
-        _write_history(hist, out / HISTORY_CSV)
-        history_plot(hist, out / HISTORY_PNG, best_epoch)
-        mlflow.log_artifact(str(out / HISTORY_PNG), "plots")
-        mlflow.log_artifact(str(out / HISTORY_CSV), "plots")
-        mlflow.log_artifact(str(out / MODEL_FILE), "checkpoints")
-
-        info = log_served_model(out / MODEL_FILE, splits.x_val[:2].astype("float32"))
-        record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
-        (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        try:
+            record, summary, fit_seconds = _tracked_training(cfg, splits, prepared, out, run)
+        except Interrupted:
+            mlflow.end_run(status="KILLED")
+            log.warning("train: run %s marked KILLED", run.info.run_id)
+            raise
+        except TrainingDiverged as exc:
+            mlflow.set_tag("failure", str(exc))
+            mlflow.end_run(status="FAILED")
+            raise TrainingDiverged(f"{exc}; run {run.info.run_id} marked FAILED") from None
     log.info(
         "train: done in %.1f s, best epoch %d of %d, val_accuracy %.4f",
         fit_seconds,
-        best_epoch,
+        summary["best_epoch"],
         summary["epochs_trained"],
         summary["val_accuracy"],
     )
     return {**record, "out_dir": str(out)}
+
+
+def _tracked_training(cfg, splits, prepared, out, run):
+    """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds)."""
+    run_id = run.info.run_id
+    log.info("train: MLflow run %s, outputs in %s", run_id, out)
+    tracking.log_config(cfg)
+    mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
+    mlflow.set_tag("data.source", splits.meta["source"])
+    for name, x, y in (
+        ("train", splits.x_train, splits.y_train),
+        ("val", splits.x_val, splits.y_val),
+    ):
+        with warnings.catch_warnings():
+            # MLflow registers two equivalent local-path source types and warns about it.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(
+                features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
+            )
+        mlflow.log_input(dataset, context="training" if name == "train" else "validation")
+
+    started = time.perf_counter()
+    _, hist, best_epoch = fit(cfg, splits, out)
+    fit_seconds = time.perf_counter() - started
+
+    summary = {
+        "best_epoch": best_epoch,
+        "epochs_trained": len(hist["loss"]),
+        "val_loss": hist["val_loss"][best_epoch],
+        "val_accuracy": hist["val_accuracy"][best_epoch],
+        "fit_seconds": round(fit_seconds, 2),
+    }
+    mlflow.log_metrics(
+        {
+            "best_epoch": best_epoch,
+            "epochs_trained": summary["epochs_trained"],
+            "best_val_loss": summary["val_loss"],
+            "best_val_accuracy": summary["val_accuracy"],
+            "fit_seconds": fit_seconds,
+        }
+    )
+    _write_history(hist, out / HISTORY_CSV)
+    history_plot(hist, out / HISTORY_PNG, best_epoch)
+    mlflow.log_artifact(str(out / HISTORY_PNG), "plots")
+    mlflow.log_artifact(str(out / HISTORY_CSV), "plots")
+    mlflow.log_artifact(str(out / MODEL_FILE), "checkpoints")
+
+    info = log_served_model(out / MODEL_FILE, splits.x_val[:2].astype("float32"))
+    record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
+    (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record, summary, fit_seconds

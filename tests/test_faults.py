@@ -1,0 +1,134 @@
+"""Faults with real processes and signals: no run left RUNNING, nothing registered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import ROOT, smoke_config, venv_env
+from mlflow.tracking import MlflowClient
+
+from fmnist_mlops import tracking
+from fmnist_mlops.errors import TrainingDiverged
+from fmnist_mlops.training import train
+
+
+def start_training(tmp_path: Path, prepared: Path) -> tuple[subprocess.Popen, str]:
+    """A real `python src/train.py` that trains long enough to be interrupted."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "experiment=smoke",
+        "train.epochs=200",
+        "train.patience=200",
+        "train.batch_size=16",
+        f"paths.prepared={prepared}",
+        f"mlflow.tracking_uri={uri}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    db = tmp_path / "mlflow.db"
+    while time.monotonic() < deadline:  # wait until an epoch has been logged
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("select count(*) from metrics where key='val_loss'").fetchone()[
+                        0
+                    ]:
+                        return proc, uri
+            except sqlite3.OperationalError:
+                pass
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail("training never logged an epoch")
+
+
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fashion-mnist")
+    [run] = client.search_runs([exp.experiment_id])
+    return client, run
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_training_marks_run_killed(tmp_path, smoke_prepared, sig, code):
+    proc, uri = start_training(tmp_path, smoke_prepared)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    assert f"interrupted by {signal.Signals(sig).name}; nothing was registered" in stderr
+    client, run = only_run(uri)
+    assert run.info.status == "KILLED"
+    assert client.search_registered_models() == []
+
+
+def test_sigkilled_run_is_marked_killed_by_the_next_start(tmp_path, smoke_prepared):
+    proc, uri = start_training(tmp_path, smoke_prepared)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    client, run = only_run(uri)
+    assert run.info.status == "RUNNING", "SIGKILL cannot be caught: the run stays RUNNING"
+
+    # Another machine's RUNNING run, and a live one of ours, must be left alone.
+    mlflow.set_tracking_uri(uri)
+    exp_id = run.info.experiment_id
+    other = client.create_run(
+        exp_id, tags={"host": "some-other-host", "pid": "1", "process_start": "0"}
+    )
+    live = client.create_run(exp_id, tags=tracking.run_tags("train"))
+    assert live.data.tags["host"] == socket.gethostname()
+
+    marked = tracking.mark_orphaned_runs(exp_id)
+    assert marked == [run.info.run_id]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert "is gone" in client.get_run(run.info.run_id).data.tags["killed_reason"]
+    assert client.get_run(other.info.run_id).info.status == "RUNNING"
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"
+    client.set_terminated(live.info.run_id)
+    client.set_terminated(other.info.run_id)
+
+
+def test_nan_loss_fails_the_run_with_a_clear_message(tmp_path, smoke_prepared):
+    cfg = smoke_config(tmp_path, smoke_prepared, "train.lr=1e8")
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan at epoch 0 .* train.lr=100000000.0"
+    ):
+        train(cfg)
+    _, run = only_run(cfg.mlflow.tracking_uri)
+    assert run.info.status == "FAILED" and "loss became nan" in run.data.tags["failure"]
+
+
+def test_nan_loss_exits_non_zero_from_the_command_line(tmp_path, smoke_prepared):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "experiment=smoke",
+            "train.lr=1e8",
+            f"paths.prepared={smoke_prepared}",
+            f"mlflow.tracking_uri={uri}",
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 2
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("train: error:")]
+    assert "loss became nan" in line and "marked FAILED" in line
+    assert os.path.exists(tmp_path / "mlflow.db")
