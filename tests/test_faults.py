@@ -21,15 +21,17 @@ from fmnist_mlops.errors import TrainingDiverged
 from fmnist_mlops.training import train
 
 
-def start_training(tmp_path: Path, prepared: Path) -> tuple[subprocess.Popen, str]:
+def start_training(
+    tmp_path: Path, prepared: Path, epochs: int = 200
+) -> tuple[subprocess.Popen, str]:
     """A real `python src/train.py` that trains long enough to be interrupted."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
         sys.executable,
         "src/train.py",
         "experiment=smoke",
-        "train.epochs=200",
-        "train.patience=200",
+        f"train.epochs={epochs}",
+        f"train.patience={epochs}",
         "train.batch_size=16",
         f"paths.prepared={prepared}",
         f"mlflow.tracking_uri={uri}",

@@ -152,3 +152,12 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
         )
         marked.append(run.info.run_id)
     return marked
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` is a run of the current tracking store."""
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import tempfile
 import time
 import warnings
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, tracking
+from fmnist_mlops import CLASS_NAMES, resume, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.errors import Interrupted, TrainingDiverged
@@ -56,9 +57,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
         logs = logs or {}
         values = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}
-        lr = getattr(self.model.optimizer, "learning_rate", None)
-        if lr is not None:
-            values["lr"] = float(keras.ops.convert_to_numpy(lr))
+        if "learning_rate" in logs:  # the rate this epoch used
+            values["lr"] = float(logs["learning_rate"])
         mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
@@ -88,47 +88,99 @@ def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
 
 
 def fit(
-    cfg: DictConfig, splits: Splits, out: Path
+    cfg: DictConfig,
+    splits: Splits,
+    out: Path,
+    backup: resume.EpochBackupSpec | None = None,
+    restored: resume.ResumeState | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build, compile and fit the model; verify the restored weights are the best checkpoint's.
+
+    Args:
+        cfg: The composed config.
+        splits: Prepared data.
+        out: Folder for ``models/model.keras`` (the best-only checkpoint).
+        backup: Where to back up each finished epoch (None: no backups).
+        restored: A backup to continue from, instead of starting at epoch 0.
 
     Returns:
         The model (best weights), the per-epoch history and the best epoch (0-based).
     """
     seed_everything(int(cfg.seed))
-    model = compile_model(build_model(cfg.model), cfg.train)
     checkpoint_path = out / MODEL_FILE
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     monitor = cfg.train.monitor
+    if restored is None:
+        model = compile_model(build_model(cfg.model), cfg.train)
+        initial_epoch, past, best_weights = 0, {}, None
+    else:
+        model = restored.model()
+        initial_epoch, past = restored.epoch + 1, restored.history
+        shutil.copyfile(restored.best_model_file(), checkpoint_path)
+        best_weights = keras.saving.load_model(
+            str(checkpoint_path), safe_mode=True, compile=False
+        ).get_weights()
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(checkpoint_path), monitor=monitor, save_best_only=True, verbose=0
+        str(checkpoint_path),
+        monitor=monitor,
+        save_best_only=True,
+        verbose=0,
+        # A resumed run must not let a worse first epoch overwrite the best checkpoint.
+        initial_value_threshold=restored.checkpoint_best if restored else None,
     )
-    early = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=int(cfg.train.patience), restore_best_weights=True
+    early = resume.RestoredEarlyStopping(
+        monitor=monitor,
+        patience=int(cfg.train.patience),
+        restore_best_weights=True,
+        restored=restored.early if restored else None,
+        best_weights=best_weights,
     )
     callbacks = [FailOnNaN(float(cfg.train.lr)), checkpoint, early]
+    plateau = None
     if cfg.train.get("lr_plateau_factor"):
-        # Halving the step when the monitored metric stalls buys the last few tenths of a
+        # Cutting the step when the monitored metric stalls buys the last few tenths of a
         # percent that a constant Adam step leaves on the table before early stopping ends it.
+        plateau = resume.RestoredReduceLROnPlateau(
+            monitor=monitor,
+            factor=float(cfg.train.lr_plateau_factor),
+            patience=int(cfg.train.lr_plateau_patience),
+            verbose=0,
+            restored=restored.plateau if restored else None,
+        )
+        callbacks.append(plateau)
+    if backup is not None:
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor,
-                factor=float(cfg.train.lr_plateau_factor),
-                patience=int(cfg.train.lr_plateau_patience),
-                verbose=0,
+            resume.EpochBackup(
+                backup.folder,
+                backup.run_id,
+                backup.config_hash,
+                checkpoint_path,
+                early,
+                checkpoint,
+                plateau,
+                history=past,
             )
         )
     callbacks.append(MlflowEpochLogger())
+    epochs = int(cfg.train.epochs)
+    if restored is not None and restored.stopped:
+        epochs = initial_epoch  # early stopping had already ended it; only finish up
     history = model.fit(
         splits.x_train.astype("float32"),
         splits.y_train,
         validation_data=(splits.x_val.astype("float32"), splits.y_val),
-        epochs=int(cfg.train.epochs),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
         batch_size=int(cfg.train.batch_size),
         callbacks=callbacks,
         verbose=int(cfg.train.verbose),
     )
-    hist = {k: [float(v) for v in history.history[k]] for k in EPOCH_METRICS}
+    if restored is not None and restored.stopped:
+        model.set_weights(best_weights)
+    hist = {
+        k: [float(v) for v in past.get(k, [])] + [float(v) for v in history.history.get(k, [])]
+        for k in EPOCH_METRICS
+    }
     best_epoch = int(early.best_epoch)
     best = keras.saving.load_model(str(checkpoint_path), safe_mode=True, compile=False)
     if not _weights_equal(model, best):
@@ -191,20 +243,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_split(cfg, splits.meta, prepared)
     out = out_dir(cfg.paths.out, "train")
     experiment_id = tracking.setup(cfg)
-
     tracking.mark_orphaned_runs(experiment_id)
 
-    with mlflow.start_run(tags=tracking.run_tags("train")) as run:
+    cfg_hash = resume.config_hash(cfg, splits.meta)
+    folder = resume.backup_dir(cfg)
+    restored = resume.load(folder, cfg_hash)
+    if restored is not None and not tracking.run_exists(restored.run_id):
+        log.warning(
+            "train: backup belongs to run %s, not in this store: discarded", restored.run_id
+        )
+        resume.clear(folder)
+        restored = None
+    if restored is None:
+        resume.clear(folder)
+        active = mlflow.start_run(tags=tracking.run_tags("train"))
+    else:
+        log.info(
+            "train: resuming run %s after epoch %d (backup %s)",
+            restored.run_id,
+            restored.epoch,
+            folder,
+        )
+        active = mlflow.start_run(run_id=restored.run_id)
+        mlflow.set_tags({**tracking.run_tags("train"), "resumed_after_epoch": str(restored.epoch)})
+
+    with active as run:
+        spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
         try:
-            record, summary, fit_seconds = _tracked_training(cfg, splits, prepared, out, run)
+            record, summary, fit_seconds = _tracked_training(
+                cfg, splits, prepared, out, run, spec, restored
+            )
         except Interrupted:
             mlflow.end_run(status="KILLED")
-            log.warning("train: run %s marked KILLED", run.info.run_id)
+            log.warning(
+                "train: run %s marked KILLED; the same command resumes it from %s",
+                run.info.run_id,
+                folder,
+            )
             raise
         except TrainingDiverged as exc:
+            resume.clear(folder)  # resuming would diverge again
             mlflow.set_tag("failure", str(exc))
             mlflow.end_run(status="FAILED")
             raise TrainingDiverged(f"{exc}; run {run.info.run_id} marked FAILED") from None
+    resume.clear(folder)
     log.info(
         "train: done in %.1f s, best epoch %d of %d, val_accuracy %.4f",
         fit_seconds,
@@ -215,10 +297,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**record, "out_dir": str(out)}
 
 
-def _tracked_training(cfg, splits, prepared, out, run):
+def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
+    """Log epochs that made it into a backup but not into MLflow before an interruption."""
+    client = mlflow.tracking.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    for epoch in range(len(history.get("loss", []))):
+        if epoch not in logged:
+            values = {
+                k: history[k][epoch] for k in (*EPOCH_METRICS, "learning_rate") if k in history
+            }
+            if "learning_rate" in values:
+                values["lr"] = values.pop("learning_rate")
+            mlflow.log_metrics(values, step=epoch, synchronous=True)
+
+
+def _tracked_training(cfg, splits, prepared, out, run, spec, restored):
     """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds)."""
     run_id = run.info.run_id
     log.info("train: MLflow run %s, outputs in %s", run_id, out)
+    if restored is not None:
+        _log_missing_epochs(run_id, restored.history)
+        return _fit_and_log(cfg, splits, out, run_id, spec, restored)
     tracking.log_config(cfg)
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
@@ -234,8 +333,12 @@ def _tracked_training(cfg, splits, prepared, out, run):
             )
         mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 
+    return _fit_and_log(cfg, splits, out, run_id, spec, None)
+
+
+def _fit_and_log(cfg, splits, out, run_id, spec, restored):
     started = time.perf_counter()
-    _, hist, best_epoch = fit(cfg, splits, out)
+    _, hist, best_epoch = fit(cfg, splits, out, backup=spec, restored=restored)
     fit_seconds = time.perf_counter() - started
 
     summary = {

@@ -1,0 +1,115 @@
+"""Resume: an interrupted training continues from its last finished epoch, in the same run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from conftest import ROOT, smoke_config, venv_env
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+from test_faults import start_training
+
+from fmnist_mlops import resume
+from fmnist_mlops.data import load_prepared
+from fmnist_mlops.paths import MODEL_FILE
+from fmnist_mlops.training import fit
+
+
+def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, smoke_prepared):
+    proc, uri = start_training(tmp_path, smoke_prepared, epochs=30)  # interrupted early
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-1500:]
+    client = MlflowClient(uri)
+    [killed] = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    assert killed.info.status == "KILLED"
+    backup = tmp_path / ".backups" / "train-adhoc"
+    state = json.loads((backup / "state.json").read_text())
+    assert state["run_id"] == killed.info.run_id and state["epoch"] >= 0
+
+    # Exactly the same command again (patience = epochs: early stopping does not end it).
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "experiment=smoke",
+        "train.epochs=30",
+        "train.patience=30",
+        "train.batch_size=16",
+        f"paths.prepared={smoke_prepared}",
+        f"mlflow.tracking_uri={uri}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"resuming run {killed.info.run_id} after epoch {state['epoch']}" in err
+    runs = client.search_runs([killed.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [killed.info.run_id], "no second run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resumed_after_epoch"] == str(state["epoch"])
+    for metric in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert steps == list(range(30)), f"{metric}: no duplicated or missing epochs"
+    assert not backup.exists(), "a finished training removes its backup"
+
+
+def backup_after_two_epochs(tmp_path: Path, prepared: Path):
+    cfg = smoke_config(tmp_path, prepared, "train.epochs=2", "train.patience=5")
+    splits = load_prepared(prepared)
+    folder = tmp_path / "backup"
+    h = resume.config_hash(cfg, splits.meta)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_experiment("resume-test")  # the active experiment is global: set it for this store
+    with mlflow.start_run() as run:
+        fit(
+            cfg, splits, tmp_path / "out", backup=resume.EpochBackupSpec(folder, run.info.run_id, h)
+        )
+    return cfg, splits, folder, h
+
+
+def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(tmp_path, smoke_prepared):
+    cfg, splits, folder, h = backup_after_two_epochs(tmp_path, smoke_prepared)
+    state_path = folder / "state.json"
+    state = json.loads(state_path.read_text())
+    # Pretend the best epoch so far was unbeatable: nothing after it may replace it.
+    state["checkpoint_best"] = state["early"]["best"] = 1e-9
+    state_path.write_text(json.dumps(state))
+    best_before = (folder / state["files"]["best"]).read_bytes()
+    restored = resume.load(folder, h)
+    assert restored is not None and restored.epoch == 1
+    with open_dict(cfg):
+        cfg.train.epochs = 3
+    out = tmp_path / "resumed"
+    with mlflow.start_run(run_id=restored.run_id):
+        _, hist, best_epoch = fit(cfg, splits, out, restored=restored)
+    assert len(hist["loss"]) == 3, "two restored epochs + one new"
+    assert best_epoch == state["early"]["best_epoch"]
+    assert (out / MODEL_FILE).read_bytes() == best_before
+
+
+def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, caplog):
+    _, _, folder, h = backup_after_two_epochs(tmp_path, smoke_prepared)
+    caplog.set_level(logging.WARNING)
+    assert resume.load(folder, "0" * 16) is None
+    assert "made for other settings" in caplog.text and not folder.exists()
+
+    _, _, folder, h = backup_after_two_epochs(tmp_path / "again", smoke_prepared)
+    last = folder / json.loads((folder / "state.json").read_text())["files"]["last"]
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    assert resume.load(folder, h) is None
+    assert f"last model {last.name} is missing or corrupt" in caplog.text and not folder.exists()
+
+    _, _, folder, h = backup_after_two_epochs(tmp_path / "third", smoke_prepared)
+    (folder / "state.json").write_text("{not json")
+    assert resume.load(folder, h) is None
+    assert "unreadable state.json" in caplog.text
