@@ -97,3 +97,41 @@ def test_floor_blocks_a_weak_first_model(tmp_path, smoke_prepared):
         client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     with pytest.raises(RegistryError, match="has no @champion"):
         rollback(cfg)
+
+
+def test_two_promotions_at_the_same_moment_end_on_the_better_model(tmp_path, smoke_prepared):
+    """Two real processes promote at once; the lock serialises compare-and-move."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, venv_env
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
+    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "src/register.py",
+                "experiment=smoke",
+                f"paths.out={c.paths.out}",
+                f"paths.prepared={smoke_prepared}",
+                f"mlflow.tracking_uri={uri}",
+            ],
+            cwd=ROOT,
+            env=venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in (weak, strong)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    client = MlflowClient(uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    strong_run = json.loads((Path(strong.paths.out) / "models/run.json").read_text())["run_id"]
+    assert champion.run_id == strong_run, "whatever the order, the better model holds @champion"
+    assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2

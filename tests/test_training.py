@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import mlflow
@@ -87,3 +88,22 @@ def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
     # Accuracy in metrics.json is exactly the share of correct rows in the predictions file.
     correct = sum(1 for r in rows[1:] if r.split(",")[1] == r.split(",")[2])
     assert correct / metrics["test_images"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
+    from omegaconf import open_dict
+
+    cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=1")
+    uri = "postgresql://alice:hunter2@db.internal:5432/mlflow"
+    with open_dict(cfg):
+        cfg.mlflow.s3_secret_access_key = "AKIA-very-secret"
+        cfg.mlflow.backend = uri
+    result = train(cfg)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["mlflow.s3_secret_access_key"] == "***"
+    assert run.data.params["mlflow.backend"] == "postgresql://***@db.internal:5432/mlflow"
+    logged = client.download_artifacts(result["run_id"], "config.yaml", str(tmp_path))
+    text = Path(logged).read_text()
+    assert "hunter2" not in text and "AKIA" not in text
+    assert "hunter2" not in json.dumps(run.data.tags)

@@ -107,14 +107,40 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+_SECRET_WORDS = ("password", "secret", "token", "access_key", "api_key", "credential")
+
+
+def redact(flat: dict[str, Any]) -> dict[str, Any]:
+    """Replace the values of keys that look like secrets (and URIs with a password) by ***."""
+    out = {}
+    for key, value in flat.items():
+        text = str(value)
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            out[key] = "***"
+        elif "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
+            scheme, rest = text.split("://", 1)
+            out[key] = f"{scheme}://***@{rest.split('@', 1)[1]}"  # user:password@host
+        else:
+            out[key] = value
+    return out
+
+
 def log_config(cfg: DictConfig) -> None:
-    """Log every config value as a flattened dotted param and the whole config as a file."""
+    """Log every config value as a flattened dotted param and the whole config as a file.
+
+    Secrets come from the environment, never from the config; should one be put there anyway,
+    keys that look like secrets and passwords inside URIs are logged as ``***``.
+    """
     params: dict[str, Any] = {}
-    for key, value in flatten(cfg).items():
+    flat = redact(flatten(cfg))
+    for key, value in flat.items():
         text = str(value)
         params[key] = text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN] + "..."
     mlflow.log_params(params)
-    mlflow.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+    safe = OmegaConf.create({})
+    for key, value in flat.items():
+        OmegaConf.update(safe, key, value, force_add=True)
+    mlflow.log_text(OmegaConf.to_yaml(safe), "config.yaml")
 
 
 def mark_orphaned_runs(experiment_id: str) -> list[str]:
