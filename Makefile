@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data params check-params repro test test-fast lint format ui serve serve-stop rollback clean
+.PHONY: help install data params check-params repro test test-fast lint format ui serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ serve-stop: $(STAMP) ## Stop the model server on $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion
 	$(BIN)/python src/rollback.py
+
+clean-runs: $(STAMP) ## Collect deleted MLflow runs, stale backups, old DVC experiments and cache (keeps @champion)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.housekeeping
 
 clean: ## Remove scratch outputs of ad-hoc runs (keeps mlflow.db, mlruns/ and DVC outputs)
 	rm -rf outputs multirun /tmp/fmnist-train-*

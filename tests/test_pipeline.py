@@ -193,3 +193,18 @@ def test_temp_experiment_logs_to_the_repository_store(smoke_project):
     artifacts = client_for(project).list_artifacts(run.info.run_id, "plots")
     assert any(a.path == "plots/history.png" for a in artifacts)
     assert not list((project / ".dvc" / "tmp").glob("exps/*/mlflow.db"))
+
+
+def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
+    project = smoke_project
+    assert dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    client = client_for(project)
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    origin = client.get_run(champion.run_id).data.tags.get("dvc_exp_name")
+    sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
+    left = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    assert left == ([origin] if origin else []), "only the champion's experiment survives"
+    again = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert again.version == champion.version
+    assert client.get_run(again.run_id).info.lifecycle_stage == "active"
+    assert "Running stage" not in dvc(project, "repro").stdout, "workspace data kept"

@@ -1,0 +1,53 @@
+"""Housekeeping: deleted runs and stale backups go, the champion and its run stay."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from test_registry import pipeline
+
+from fmnist_mlops.housekeeping import clean_runs
+from fmnist_mlops.registry import promote
+
+
+def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prepared):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    champion_cfg = pipeline(tmp_path / "champ", smoke_prepared, uri, "train.epochs=1")
+    assert promote(champion_cfg)["promote"]
+    other_cfg = pipeline(tmp_path / "other", smoke_prepared, uri, "train.epochs=1", "seed=5")
+    client = MlflowClient(uri, registry_uri=uri)
+    champ_run = client.get_model_version_by_alias("fashion-mnist-cnn", "champion").run_id
+    other_run = json.loads((tmp_path / "other/out/models/run.json").read_text())["run_id"]
+    assert other_run != champ_run and other_cfg
+    other_artifacts = client.get_run(other_run).info.artifact_uri.removeprefix("file://")
+
+    client.delete_run(other_run)
+    client.delete_run(champ_run)  # a careless user: gc must not destroy the champion
+
+    backups = tmp_path / ".backups"
+    finished = backups / "train-pipeline"
+    killed = backups / "train-adhoc"
+    for folder, run in ((finished, other_run), (killed, None)):
+        folder.mkdir(parents=True)
+        if run is None:
+            mlflow.set_tracking_uri(uri)
+            run = client.create_run(client.get_run(champ_run).info.experiment_id).info.run_id
+            client.set_terminated(run, "KILLED")
+        (folder / "state.json").write_text(json.dumps({"run_id": run}))
+
+    result = clean_runs(uri, "fashion-mnist-cnn", "champion", backups, dvc=False)
+    assert result["protected_run"] == champ_run
+    assert result["gc_runs"] and champ_run not in result["gc_runs"]
+    assert client.get_run(champ_run).info.lifecycle_stage == "active"
+    assert client.list_artifacts(champ_run, "checkpoints")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_run(other_run)
+    from pathlib import Path
+
+    assert not Path(other_artifacts).exists(), "artifacts of the collected run are gone"
+    assert result["removed_backups"] == [str(finished)] and killed.exists()
+    loaded = mlflow.pyfunc.load_model("models:/fashion-mnist-cnn@champion")
+    assert loaded is not None
