@@ -208,3 +208,65 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     assert again.version == champion.version
     assert client.get_run(again.run_id).info.lifecycle_stage == "active"
     assert "Running stage" not in dvc(project, "repro").stdout, "workspace data kept"
+
+
+def test_sigterm_to_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_project):
+    """DVC does not forward SIGTERM; the stage notices its parent died, marks the run KILLED;
+    the next `dvc repro` continues the same run from its last finished epoch."""
+    import signal
+    import sqlite3
+    import time
+
+    project = smoke_project
+    lock = (project / "dvc.lock").read_text()
+    versions = len(client_for(project).search_model_versions("name='fashion-mnist-cnn'"))
+    sh(
+        project,
+        sys.executable,
+        "-m",
+        "fmnist_mlops.config",
+        "experiment=smoke",
+        "train.epochs=40",
+        "train.patience=40",
+        "train.batch_size=16",
+    )
+    before = {r.info.run_id for r in runs(project)}
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with sqlite3.connect(project / "mlflow.db") as con:
+            n = con.execute(
+                "select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
+                "where m.key = 'val_loss' and r.status = 'RUNNING'"
+            ).fetchone()[0]
+        if n:
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    killed = None
+    while time.monotonic() < deadline and killed is None:
+        new = [r for r in runs(project) if r.info.run_id not in before]
+        if new and new[0].info.status == "KILLED":
+            killed = new[0]
+        time.sleep(0.5)
+    assert killed is not None, "the orphaned stage must end its run as KILLED"
+    assert (project / "dvc.lock").read_text() == lock
+    assert len(client_for(project).search_model_versions("name='fashion-mnist-cnn'")) == versions
+
+    out = dvc(project, "repro").stdout
+    assert "Running stage 'train'" in out
+    run = client_for(project).get_run(killed.info.run_id)
+    assert run.info.status == "FINISHED" and "resumed_after_epoch" in run.data.tags
+    steps = [m.step for m in client_for(project).get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == list(range(40))
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["run_id"] == killed.info.run_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -30,6 +31,22 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def die_with_parent() -> None:
+    """Under DVC, get SIGTERM when ``dvc repro`` dies instead of training on as an orphan.
+
+    DVC does not forward SIGTERM to the stage command; Linux can (``PR_SET_PDEATHSIG``).
+    """
+    if not os.environ.get("DVC_ROOT") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # DVC died before the request was in place
+        raise Interrupted(signal.SIGTERM)
+
+
 def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; print its result as JSON.
 
@@ -40,6 +57,7 @@ def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _raise_interrupted)
     try:
+        die_with_parent()
         result = fn(cfg)
     except ProjectError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
