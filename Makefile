@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data params check-params repro test test-fast lint format ui serve serve-stop rollback clean-runs clean
+.PHONY: help install data test-deps params check-params repro test test-fast lint format ui serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,12 @@ data: ## Make sure the raw IDX files can be found (installs dataset-fashion-mnis
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+test-deps: data ## Make sure nginx (reverse-proxy test) is installed (installs it as root)
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package nginx"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+	fi
+
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
 	$(BIN)/python -m fmnist_mlops.config
 
@@ -37,7 +43,7 @@ check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
 repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate -> register
 	source $(BIN)/activate && dvc repro
 
-test: $(STAMP) data ## Run every test, the slow real-data pipeline ones included
+test: $(STAMP) test-deps ## Run every test, the slow real-data pipeline ones included
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "slow or not slow"
 
 test-fast: $(STAMP) ## Run the fast tests only (no full pipeline)

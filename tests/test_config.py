@@ -182,3 +182,15 @@ def test_ad_hoc_runs_do_not_write_dvc_outputs():
 
     scratch = out_dir(cfg.paths.out, "train")
     assert ROOT not in scratch.parents
+
+
+def test_unknown_config_group_option_is_refused():
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "model=resnet9000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=120,
+    )
+    assert result.returncode != 0 and "resnet9000" in result.stderr and "cnn" in result.stderr

@@ -270,3 +270,23 @@ def test_sigterm_to_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proje
     assert steps == list(range(40))
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["run_id"] == killed.info.run_id
+
+
+def test_a_second_dvc_repro_fails_cleanly_while_one_runs(smoke_project):
+    import time
+
+    project = smoke_project
+    first = subprocess.Popen(
+        [str(BIN / "dvc"), "repro", "-f", "train"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(3)  # DVC holds its repository lock for the whole reproduction
+    second = dvc(project, "repro", check=False)
+    assert second.returncode != 0
+    assert "lock" in (second.stdout + second.stderr).lower()
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-2000:]

@@ -274,3 +274,76 @@ def test_predict_cli_reads_images_and_walks_through_test_samples(
         timeout=180,
     )
     assert missing.returncode == 2 and "nope.png: not a readable image" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- reverse proxy
+
+
+def serving_rss(port: int) -> int:
+    """Resident memory of the MLflow serving process tree listening on ``port``."""
+
+    from fmnist_mlops.servectl import listeners
+
+    total = 0
+    for proc in listeners(port):
+        tree = [proc, *proc.children(recursive=True)]
+        parent = proc.parent()
+        if parent is not None and "mlflow" in " ".join(parent.cmdline()):
+            tree.append(parent)
+        total += sum(p.memory_info().rss for p in tree if p.is_running())
+    return total
+
+
+def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
+    import shutil
+    import socket
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
+    from render import render
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx missing: `apt-get install nginx` (.ci/run does)"
+    prefix = Path(tempfile.mkdtemp(prefix="fmnist-proxy-"))
+    prefix.chmod(0o755)  # nginx workers run as an unprivileged user
+    port = free_port()
+    conf = render(f"127.0.0.1:{port}", server.removeprefix("http://"), prefix)
+    proxy = subprocess.Popen(
+        [nginx, "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proxy.poll() is None and time.monotonic() < deadline, proxy.stdout.read()
+                time.sleep(0.2)
+        via_proxy = f"http://127.0.0.1:{port}"
+        img = [[0] * 28] * 28
+        status, body = post(via_proxy, json.dumps({"inputs": [img]}))
+        assert status == 200 and json.loads(body)["predictions"][0]["class"] in CLASS_NAMES
+
+        server_port = int(server.rsplit(":", 1)[1])
+        before = serving_rss(server_port)
+        huge = b'{"inputs": [' + b"0," * 10_000_000 + b"0]}"  # 20 MB
+        answered = 0
+        for _ in range(3):
+            try:
+                status, body = post(via_proxy, huge)
+            except (ConnectionError, urllib.error.URLError):
+                continue  # nginx may close while the client still sends: refused all the same
+            assert status == 413, body[:300]
+            assert len(body) < 2048
+            answered += 1
+        assert answered, "nginx answered 413 at least once"
+        after = serving_rss(server_port)
+        assert after - before < 20 * 2**20, f"RSS grew {(after - before) / 2**20:.1f} MB"
+        status, _ = post(via_proxy, json.dumps({"inputs": [img]}))
+        assert status == 200, "still serving"
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
