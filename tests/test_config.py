@@ -76,6 +76,12 @@ def test_check_mode_detects_stale_params(tmp_path):
         ("train.optimizer=adagrad", "train.optimizer='adagrad' is invalid: expected one of"),
         ("train.monitor=val_auc", "train.monitor='val_auc' is invalid: expected one of"),
         ("registry.mode=best", "registry.mode='best' is invalid"),
+        ("train.epochs='3'", "train.epochs='3' is invalid: expected an integer > 0"),
+        ("model.filters=[32,a]", "model.filters=[32, 'a'] is invalid"),
+        ("data.max_train=-5", "data.max_train=-5 is invalid: expected null or an integer > 0"),
+        ("train.lr_plateau_factor=1.5", "expected null (off) or a number in (0, 1)"),
+        ("+model.depth=3", "model.depth is not a setting of model"),
+        ("~train.epochs", "train.epochs is missing: expected an integer > 0"),
     ],
 )
 def test_bad_values_get_one_line_errors(override, message):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import project_root
-
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-METRICS = ("val_accuracy", "val_loss")
-MODES = ("max", "min")
 
 
 def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> DictConfig:
@@ -56,91 +50,23 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
     return flat
 
 
-def _check(ok: bool, key: str, value: Any, accepted: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {accepted}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _optional_positive_int(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    _check(value is None or (_is_int(value) and value > 0), key, value, "null or an integer > 0")
-
-
 def validate(cfg: DictConfig) -> DictConfig:
-    """Check every value the pipeline reads, before any file or MLflow run is created.
+    """Check every value the pipeline reads against the typed schema in :mod:`schema`.
+
+    Called once at the start of every stage, before any file or MLflow run is created.
 
     Raises:
         ConfigError: One line naming the bad key, its value and what is accepted.
     """
-    required = ("seed", "data", "model", "train", "registry", "mlflow", "paths")
-    for key in required:
-        _check(key in cfg, key, None, "a value (missing from the config)")
-    _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    from pydantic import ValidationError
 
-    data = cfg.data
-    vs = data.val_split
-    _check(_is_num(vs) and 0 < vs < 1, "data.val_split", vs, "a number in (0, 1)")
-    _check(_is_int(data.split_seed), "data.split_seed", data.split_seed, "an integer")
-    for key in ("data.max_train", "data.max_val", "data.max_test"):
-        _optional_positive_int(cfg, key)
+    from fmnist_mlops.schema import Config, first_error
 
-    model = cfg.model
-    filters = list(model.filters) if OmegaConf.is_list(model.filters) else model.filters
-    _check(
-        isinstance(filters, list)
-        and len(filters) > 0
-        and all(_is_int(f) and f > 0 for f in filters),
-        "model.filters",
-        filters,
-        "a non-empty list of integers > 0, e.g. [32, 64]",
-    )
-    # Each block halves the feature map with MaxPool(2); 28 -> 14 -> 7 -> 3 -> 1.
-    _check(
-        len(filters) <= 4, "model.filters", filters, "at most 4 entries (28x28 allows 4 poolings)"
-    )
-    ks = model.kernel_size
-    _check(_is_int(ks) and 1 <= ks <= 7, "model.kernel_size", ks, "an integer in [1, 7]")
-    du = model.dense_units
-    _check(_is_int(du) and du > 0, "model.dense_units", du, "an integer > 0")
-    dr = model.dropout
-    _check(_is_num(dr) and 0 <= dr < 1, "model.dropout", dr, "a number in [0, 1)")
-
-    train = cfg.train
-    for key in ("epochs", "batch_size", "patience"):
-        value = train[key]
-        _check(_is_int(value) and value > 0, f"train.{key}", value, "an integer > 0")
-    _check(_is_num(train.lr) and train.lr > 0, "train.lr", train.lr, "a number > 0")
-    _check(
-        train.optimizer in OPTIMIZERS, "train.optimizer", train.optimizer, f"one of {OPTIMIZERS}"
-    )
-    _check(train.monitor in MONITORS, "train.monitor", train.monitor, f"one of {MONITORS}")
-    factor = train.get("lr_plateau_factor")
-    _check(
-        factor is None or (_is_num(factor) and 0 < factor < 1),
-        "train.lr_plateau_factor",
-        factor,
-        "null (off) or a number in (0, 1)",
-    )
-    if factor is not None:
-        lp = train.get("lr_plateau_patience")
-        _check(_is_int(lp) and lp > 0, "train.lr_plateau_patience", lp, "an integer > 0")
-
-    reg = cfg.registry
-    _check(reg.metric in METRICS, "registry.metric", reg.metric, f"one of {METRICS}")
-    _check(reg.mode in MODES, "registry.mode", reg.mode, f"one of {MODES}")
-    md = reg.min_delta
-    _check(_is_num(md) and md >= 0, "registry.min_delta", md, "a number >= 0")
-    _check(_is_num(reg.floor), "registry.floor", reg.floor, "a number")
-    _check(bool(reg.model_name), "registry.model_name", reg.model_name, "a non-empty name")
-    _check(bool(cfg.mlflow.experiment), "mlflow.experiment", cfg.mlflow.experiment, "a name")
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    try:
+        Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(first_error(data, exc)) from None
     return cfg
 
 

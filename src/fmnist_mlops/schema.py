@@ -1,0 +1,154 @@
+"""The typed config schema: every key the pipeline reads, its type and accepted range.
+
+Validation happens once, at the start of every stage, before any file or MLflow run is
+created. A violation becomes one line: ``key=value is invalid: expected <what is accepted>``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+METRICS = ("val_accuracy", "val_loss")
+MODES = ("max", "min")
+MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
+
+
+def _f(description: str, **constraints: Any) -> Any:
+    return Field(description=description, **constraints)
+
+
+PositiveInt = Annotated[int, _f("an integer > 0", gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class PathsCfg(_Strict):
+    """Where prepared data and stage outputs go."""
+
+    prepared: str = _f("a folder path", min_length=1)
+    out: str | None = _f("null (a scratch folder) or a folder path")
+
+
+class DataCfg(_Strict):
+    """Raw data sources and the split (``conf/data``)."""
+
+    source_dir: str | None = _f("null or a folder holding the four *-ubyte.gz files")
+    system_dir: str = _f("a folder path")
+    keras_cache_dir: str = _f("a folder path")
+    base_url: str = _f("an http(s) URL", pattern=r"^https?://")
+    download_timeout_s: float = _f("a number of seconds > 0", gt=0)
+    val_split: float = _f("a number in (0, 1)", gt=0, lt=1)
+    split_seed: int = _f("an integer")
+    max_train: PositiveInt | None = _f("null or an integer > 0")
+    max_val: PositiveInt | None = _f("null or an integer > 0")
+    max_test: PositiveInt | None = _f("null or an integer > 0")
+
+
+class ModelCfg(_Strict):
+    """The CNN (``conf/model``)."""
+
+    name: str = _f("a name", min_length=1)
+    filters: list[int] = _f(
+        f"a non-empty list of integers > 0, at most {MAX_BLOCKS} entries "
+        f"(28x28 allows {MAX_BLOCKS} poolings), e.g. [32, 64]"
+    )
+    kernel_size: int = _f("an integer in [1, 7]", ge=1, le=7)
+    dense_units: int = _f("an integer > 0", gt=0)
+    dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, value: list[int]) -> list[int]:
+        if not value or len(value) > MAX_BLOCKS or any(f <= 0 for f in value):
+            raise ValueError("bad filters")
+        return value
+
+
+class TrainCfg(_Strict):
+    """Fitting, early stopping and the LR schedule (``conf/train``)."""
+
+    epochs: int = _f("an integer > 0", gt=0)
+    batch_size: int = _f("an integer > 0", gt=0)
+    lr: float = _f("a number > 0", gt=0)
+    optimizer: Literal[OPTIMIZERS] = _f(f"one of {OPTIMIZERS}")
+    monitor: Literal[MONITORS] = _f(f"one of {MONITORS}")
+    patience: int = _f("an integer > 0", gt=0)
+    lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
+    lr_plateau_patience: int = _f("an integer > 0", gt=0)
+    verbose: int = _f("0, 1 or 2", ge=0, le=2)
+
+
+class RegistryCfg(_Strict):
+    """The promotion rule (``conf/registry``)."""
+
+    model_name: str = _f("a non-empty name", min_length=1)
+    alias: str = _f("a non-empty alias", min_length=1)
+    metric: Literal[METRICS] = _f(f"one of {METRICS}")
+    mode: Literal[MODES] = _f(f"one of {MODES}")
+    min_delta: float = _f("a number >= 0", ge=0)
+    floor: float = _f("a number")
+
+
+class MlflowCfg(_Strict):
+    """Tracking (``conf/mlflow``)."""
+
+    experiment: str = _f("a non-empty experiment name", min_length=1)
+    tracking_uri: str | None = _f("null (the project's SQLite store) or a tracking URI")
+
+
+class Config(_Strict):
+    """The whole composed config (``params.yaml``)."""
+
+    seed: int = _f("an integer >= 0", ge=0)
+    paths: PathsCfg
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg
+    registry: RegistryCfg
+    mlflow: MlflowCfg
+
+
+def _describe(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+    """Dotted key and the accepted-values text of the field at ``loc``."""
+    model: Any = Config
+    keys: list[str] = []
+    description = None
+    for part in loc:
+        if not isinstance(part, str) or model is None:
+            break  # list index or a type-union branch: the field itself is what matters
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            break
+        keys.append(part)
+        info = fields[part]
+        description = info.description
+        annotation = info.annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return ".".join(keys), description
+
+
+def first_error(data: dict[str, Any], exc: ValidationError) -> str:
+    """One line for the first violation: key, value and what is accepted."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key, description = _describe(loc)
+    if err["type"] == "extra_forbidden":
+        parent_key, _ = _describe(loc[:-1])
+        name = ".".join(str(p) for p in loc)
+        return f"{name} is not a setting of {parent_key or 'the config'}: remove it or fix its name"
+    if err["type"] == "missing":
+        return f"{key} is missing: expected {description or 'a value'}"
+    value: Any = data
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return f"{key}={value!r} is invalid: expected {description or err['msg']}"
