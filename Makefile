@@ -28,10 +28,11 @@ data: ## Make sure the raw IDX files can be found (installs dataset-fashion-mnis
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-test-deps: data ## Make sure nginx (reverse-proxy test) is installed (installs it as root)
-	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian package nginx"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+test-deps: data ## Make sure nginx and PostgreSQL (used by tests) are installed (as root)
+	@if { [ ! -x /usr/sbin/nginx ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages nginx postgresql"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx postgresql; \
 	fi
 
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
@@ -50,10 +51,10 @@ test-fast: $(STAMP) ## Run the fast tests only (no full pipeline)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff lint + format check
-	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks deploy && $(BIN)/ruff format --check src tests benchmarks deploy
 
 format: $(STAMP) ## ruff format + autofix
-	$(BIN)/ruff format src tests && $(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks deploy && $(BIN)/ruff check --fix src tests benchmarks deploy
 
 ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000

@@ -76,8 +76,16 @@ def decide(
 
 
 @contextlib.contextmanager
-def registry_lock(name: str) -> Iterator[None]:
-    """Serialise compare-and-move on this machine (a file lock next to the store)."""
+def registry_lock(name: str, lock_url: str | None = None) -> Iterator[None]:
+    """Serialise compare-and-move of ``@alias`` for model ``name``.
+
+    Without ``lock_url``: an exclusive file lock next to the store (processes of one machine).
+    With a ``postgresql://`` URL: a session-level ``pg_advisory_lock`` on that database, so
+    machines sharing one tracking server serialise too.
+    """
+    if lock_url:
+        yield from _pg_lock(name, lock_url)
+        return
     folder = store_root() / ".locks"
     folder.mkdir(exist_ok=True)
     with open(folder / f"registry-{name}.lock", "w") as fh:
@@ -86,6 +94,31 @@ def registry_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pg_lock(name: str, url: str) -> Iterator[None]:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        conn = engine.connect()
+    except sqlalchemy.exc.OperationalError as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        first = str(exc.orig).strip().splitlines()[0]
+        raise RegistryError(f"registry.lock_url: cannot reach {where} ({first})") from None
+    try:
+        key = sqlalchemy.text("select hashtextextended(:name, 0)")
+        lock_id = conn.execute(key, {"name": f"fmnist-registry:{name}"}).scalar_one()
+        conn.execute(sqlalchemy.text("select pg_advisory_lock(:id)"), {"id": lock_id})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("select pg_advisory_unlock(:id)"), {"id": lock_id})
+    finally:
+        conn.close()
+        engine.dispose()
 
 
 def current_champion(client: MlflowClient, name: str, alias: str):
@@ -127,7 +160,7 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
     reg = cfg.registry
     tracking.setup(cfg)
     client = MlflowClient()
-    with registry_lock(reg.model_name):
+    with registry_lock(reg.model_name, reg.get("lock_url")):
         candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
         candidate = _metric_value(candidate_scores, reg.metric)
         champ = current_champion(client, reg.model_name, reg.alias)
@@ -195,7 +228,7 @@ def rollback(cfg: DictConfig) -> dict[str, Any]:
     reg = cfg.registry
     tracking.setup(cfg)
     client = MlflowClient()
-    with registry_lock(reg.model_name):
+    with registry_lock(reg.model_name, reg.get("lock_url")):
         champ = current_champion(client, reg.model_name, reg.alias)
         if champ is None:
             raise RegistryError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")

@@ -93,6 +93,9 @@ class RegistryCfg(_Strict):
     mode: Literal[MODES] = _f(f"one of {MODES}")
     min_delta: float = _f("a number >= 0", ge=0)
     floor: float = _f("a number")
+    lock_url: str | None = _f(
+        "null (a file lock) or a postgresql:// URL", pattern=r"^postgresql(\+\w+)?://"
+    )
 
 
 class MlflowCfg(_Strict):

@@ -1,0 +1,139 @@
+"""Promotion lock on PostgreSQL (machines sharing one tracking server), with a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, venv_env
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+from test_data import free_port
+from test_registry import pipeline
+
+from fmnist_mlops.errors import RegistryError
+from fmnist_mlops.registry import promote, registry_lock
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.getuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian package postgresql)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert versions, "PostgreSQL missing: `apt-get install postgresql` (.ci/run does)"
+    bindir = versions[-1].parent
+    home = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
+    data = home / "data"
+    if os.getuid() == 0:
+        shutil.chown(home, "postgres")
+    home.chmod(0o755)
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(home / "log"),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+        capture_output=True,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def register_cmd(cfg, prepared, uri, lock_url):
+    return [
+        sys.executable,
+        "src/register.py",
+        "experiment=smoke",
+        f"paths.out={cfg.paths.out}",
+        f"paths.prepared={prepared}",
+        f"mlflow.tracking_uri={uri}",
+        f"registry.lock_url={lock_url}",
+    ]
+
+
+def test_advisory_lock_holds_back_a_promotion_until_released(tmp_path, smoke_prepared, postgres):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = pipeline(tmp_path / "a", smoke_prepared, uri, "train.epochs=1")
+    with registry_lock("fashion-mnist-cnn", postgres):  # another machine is promoting
+        proc = subprocess.Popen(
+            register_cmd(cfg, smoke_prepared, uri, postgres),
+            cwd=ROOT,
+            env=venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(12)  # long enough to import TensorFlow, score, and reach the lock
+        assert proc.poll() is None, "the promotion must wait for the lock"
+        client = MlflowClient(uri, registry_uri=uri)
+        assert client.search_model_versions("name='fashion-mnist-cnn'") == []
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version in (1, "1")
+
+
+def test_two_machines_promoting_at_once_end_on_the_better_model(tmp_path, smoke_prepared, postgres):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
+    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
+    procs = [
+        subprocess.Popen(
+            register_cmd(c, smoke_prepared, uri, postgres),
+            cwd=ROOT,
+            env=venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in (weak, strong)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    client = MlflowClient(uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    strong_run = json.loads((Path(strong.paths.out) / "models/run.json").read_text())["run_id"]
+    assert champion.run_id == strong_run
+
+
+def test_unreachable_lock_database_is_a_clear_error_and_changes_nothing(tmp_path, smoke_prepared):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = pipeline(tmp_path, smoke_prepared, uri, "train.epochs=1")
+    with open_dict(cfg):
+        cfg.registry.lock_url = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/x"
+    with pytest.raises(RegistryError, match=r"registry.lock_url: cannot reach") as err:
+        promote(cfg)
+    assert "s3cret" not in str(err.value)
+    assert (
+        MlflowClient(uri, registry_uri=uri).search_model_versions("name='fashion-mnist-cnn'") == []
+    )
