@@ -210,16 +210,19 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     assert "Running stage" not in dvc(project, "repro").stdout, "workspace data kept"
 
 
-def test_sigterm_to_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_project):
-    """DVC does not forward SIGTERM; the stage notices its parent died, marks the run KILLED;
-    the next `dvc repro` continues the same run from its last finished epoch."""
+@pytest.mark.parametrize("how", ["SIGTERM to dvc", "Ctrl-C (SIGINT to the process group)"])
+def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_project, how):
+    """SIGTERM: DVC does not forward it; the stage notices its parent died. Ctrl-C: the
+    terminal signals the whole group. Either way the run ends KILLED, and the next
+    `dvc repro` continues the same run from its last finished epoch."""
+    import os
     import signal
     import sqlite3
     import time
 
     project = smoke_project
-    lock = (project / "dvc.lock").read_text()
     versions = len(client_for(project).search_model_versions("name='fashion-mnist-cnn'"))
+    seed = 11 if how.startswith("SIGTERM") else 12  # a new config, so that dvc repro runs
     sh(
         project,
         sys.executable,
@@ -229,15 +232,18 @@ def test_sigterm_to_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proje
         "train.epochs=40",
         "train.patience=40",
         "train.batch_size=16",
+        f"seed={seed}",
     )
+    lock = (project / "dvc.lock").read_text()
     before = {r.info.run_id for r in runs(project)}
     proc = subprocess.Popen(
         [str(BIN / "dvc"), "repro"],
         cwd=project,
-        env=venv_env(),
+        env=venv_env(SHELL="/bin/sh"),  # dash stays between dvc and the stage
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -249,16 +255,23 @@ def test_sigterm_to_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proje
         if n:
             break
         time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    dvc_out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     killed = None
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and killed is None:
         new = [r for r in runs(project) if r.info.run_id not in before]
         if new and new[0].info.status == "KILLED":
             killed = new[0]
         time.sleep(0.5)
-    assert killed is not None, "the orphaned stage must end its run as KILLED"
+    statuses = [
+        (r.info.run_id, r.info.status) for r in runs(project) if r.info.run_id not in before
+    ]
+    assert killed is not None, f"run must end KILLED: {statuses}\n{dvc_out[-3000:]}"
     assert (project / "dvc.lock").read_text() == lock
     assert len(client_for(project).search_model_versions("name='fashion-mnist-cnn'")) == versions
 

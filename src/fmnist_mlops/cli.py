@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,19 +34,50 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def die_with_parent() -> None:
-    """Under DVC, get SIGTERM when ``dvc repro`` dies instead of training on as an orphan.
+    """Under DVC, get SIGTERM when ``dvc`` dies instead of training on as an orphan.
 
-    DVC does not forward SIGTERM to the stage command; Linux can (``PR_SET_PDEATHSIG``).
+    DVC does not forward SIGTERM to the stage command, which it starts through ``$SHELL -c``
+    (a shell that may or may not stay in between). So: ask Linux for SIGTERM when the direct
+    parent dies (``PR_SET_PDEATHSIG``), and watch the ``dvc`` ancestor itself from a daemon
+    thread, which signals this process when that ancestor is gone.
     """
-    if not os.environ.get("DVC_ROOT") or not sys.platform.startswith("linux"):
+    if not os.environ.get("DVC_ROOT"):
         return
-    import ctypes
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    pr_set_pdeathsig = 1
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # DVC died before the request was in place
-        raise Interrupted(signal.SIGTERM)
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request was in place
+            raise Interrupted(signal.SIGTERM)
+    import psutil
+
+    try:
+        dvc = next(
+            (
+                p
+                for p in psutil.Process().parents()
+                if any(os.path.basename(part) == "dvc" for part in p.cmdline()[:3])
+            ),
+            None,
+        )
+    except psutil.Error:
+        dvc = None
+    if dvc is None:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                alive = dvc.is_running() and dvc.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                alive = False
+            if not alive:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="dvc-watchdog", daemon=True).start()
 
 
 def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
