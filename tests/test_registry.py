@@ -99,39 +99,46 @@ def test_floor_blocks_a_weak_first_model(tmp_path, smoke_prepared):
         rollback(cfg)
 
 
-def test_two_promotions_at_the_same_moment_end_on_the_better_model(tmp_path, smoke_prepared):
-    """Two real processes promote at once; the lock serialises compare-and-move."""
+def start_register(cfg, prepared, uri, lock_url=None):
+    """A real `python src/register.py` for the model that `cfg`'s pipeline trained."""
     import subprocess
     import sys
 
     from conftest import ROOT, venv_env
 
-    uri = f"sqlite:///{tmp_path / 'race.db'}"
-    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
-    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "src/register.py",
-                "experiment=smoke",
-                f"paths.out={c.paths.out}",
-                f"paths.prepared={smoke_prepared}",
-                f"mlflow.tracking_uri={uri}",
-            ],
-            cwd=ROOT,
-            env=venv_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for c in (weak, strong)
+    cmd = [
+        sys.executable,
+        "src/register.py",
+        "experiment=smoke",
+        f"paths.out={cfg.paths.out}",
+        f"paths.prepared={prepared}",
+        f"mlflow.tracking_uri={uri}",
     ]
+    if lock_url:
+        cmd.append(f"registry.lock_url={lock_url}")
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def race_promotions(tmp_path, prepared, lock_url=None):
+    """Two processes promote a weak and a strong model at once; returns the client, the
+    champion and the strong model's run id."""
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    weak = pipeline(tmp_path / "weak", prepared, uri, "train.epochs=1")
+    strong = pipeline(tmp_path / "strong", prepared, uri, "train.epochs=2")
+    procs = [start_register(c, prepared, uri, lock_url) for c in (weak, strong)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
     client = MlflowClient(uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     strong_run = json.loads((Path(strong.paths.out) / "models/run.json").read_text())["run_id"]
+    return client, champion, strong_run
+
+
+def test_two_promotions_at_the_same_moment_end_on_the_better_model(tmp_path, smoke_prepared):
+    """Two real processes promote at once; the lock serialises compare-and-move."""
+    client, champion, strong_run = race_promotions(tmp_path, smoke_prepared)
     assert champion.run_id == strong_run, "whatever the order, the better model holds @champion"
     assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, venv_env
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 from test_data import free_port
-from test_registry import pipeline
+from test_registry import pipeline, race_promotions, start_register
 
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.registry import promote, registry_lock
@@ -69,30 +66,11 @@ def postgres():
     shutil.rmtree(home, ignore_errors=True)
 
 
-def register_cmd(cfg, prepared, uri, lock_url):
-    return [
-        sys.executable,
-        "src/register.py",
-        "experiment=smoke",
-        f"paths.out={cfg.paths.out}",
-        f"paths.prepared={prepared}",
-        f"mlflow.tracking_uri={uri}",
-        f"registry.lock_url={lock_url}",
-    ]
-
-
 def test_advisory_lock_holds_back_a_promotion_until_released(tmp_path, smoke_prepared, postgres):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = pipeline(tmp_path / "a", smoke_prepared, uri, "train.epochs=1")
     with registry_lock("fashion-mnist-cnn", postgres):  # another machine is promoting
-        proc = subprocess.Popen(
-            register_cmd(cfg, smoke_prepared, uri, postgres),
-            cwd=ROOT,
-            env=venv_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_register(cfg, smoke_prepared, uri, postgres)
         time.sleep(12)  # long enough to import TensorFlow, score, and reach the lock
         assert proc.poll() is None, "the promotion must wait for the lock"
         client = MlflowClient(uri, registry_uri=uri)
@@ -103,26 +81,7 @@ def test_advisory_lock_holds_back_a_promotion_until_released(tmp_path, smoke_pre
 
 
 def test_two_machines_promoting_at_once_end_on_the_better_model(tmp_path, smoke_prepared, postgres):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
-    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
-    procs = [
-        subprocess.Popen(
-            register_cmd(c, smoke_prepared, uri, postgres),
-            cwd=ROOT,
-            env=venv_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for c in (weak, strong)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
-    client = MlflowClient(uri, registry_uri=uri)
-    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
-    strong_run = json.loads((Path(strong.paths.out) / "models/run.json").read_text())["run_id"]
+    _, champion, strong_run = race_promotions(tmp_path, smoke_prepared, lock_url=postgres)
     assert champion.run_id == strong_run
 
 

@@ -223,17 +223,20 @@ def test_predict_cli_reads_images_and_walks_through_test_samples(
     mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
     mlflow.set_registry_uri(champion.mlflow.tracking_uri)
     expected = mlflow.pyfunc.load_model(MODEL_URI).predict(splits.x_test[:3].astype(np.float32))
-    cmd = [
-        sys.executable,
-        "src/predict.py",
-        *map(str, files),
-        str(tmp_path / "item.jpg"),
-        "--tracking-uri",
-        champion.mlflow.tracking_uri,
-    ]
-    result = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=180
-    )
+
+    def predict(*args: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable,
+            "src/predict.py",
+            *args,
+            "--tracking-uri",
+            champion.mlflow.tracking_uri,
+        ]
+        return subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env(), timeout=180
+        )
+
+    result = predict(*map(str, files), str(tmp_path / "item.jpg"))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["file", "class", "probability"]
@@ -241,38 +244,11 @@ def test_predict_cli_reads_images_and_walks_through_test_samples(
         assert exp["class"] in line
     assert "item.jpg" in lines[4] and any(name in lines[4] for name in CLASS_NAMES)
 
-    walk = subprocess.run(
-        [
-            sys.executable,
-            "src/predict.py",
-            "--test-samples",
-            "2",
-            "--tracking-uri",
-            champion.mlflow.tracking_uri,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=180,
-    )
+    walk = predict("--test-samples", "2")
     assert walk.returncode == 0, walk.stderr[-2000:]
     assert walk.stdout.count("test image") == 2 and walk.stdout.count("true ") == 2
 
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "src/predict.py",
-            str(tmp_path / "nope.png"),
-            "--tracking-uri",
-            champion.mlflow.tracking_uri,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=180,
-    )
+    missing = predict(str(tmp_path / "nope.png"))
     assert missing.returncode == 2 and "nope.png: not a readable image" in missing.stderr
 
 

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.paths import project_root
 from fmnist_mlops.registry import current_champion
+from fmnist_mlops.resume import backups_root
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     uri = args.tracking_uri or tracking_uri(None)
-    backups = Path(uri.removeprefix("sqlite:///")).parent / ".backups"
-    result = clean_runs(uri, args.model_name, args.alias, backups, dvc=not args.no_dvc)
+    result = clean_runs(uri, args.model_name, args.alias, backups_root(uri), dvc=not args.no_dvc)
     print(json.dumps(result))
     return 0
 

@@ -63,11 +63,11 @@ def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
 def _load_model(model_uri: str, tracking_uri: str | None):
     import mlflow
 
+    from fmnist_mlops.tracking import connect
     from fmnist_mlops.tracking import tracking_uri as default_uri
 
     uri = tracking_uri or default_uri(None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    connect(uri)
     # Our predict() is deliberately unannotated: type hints would replace the tensor signature.
     warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     try:

@@ -45,18 +45,22 @@ def config_hash(cfg: DictConfig, data_meta: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def backup_dir(cfg: DictConfig) -> Path:
-    """One backup slot for the DVC pipeline (``paths.out`` set), one for ad-hoc runs.
+def backups_root(uri: str) -> Path:
+    """Where backups live for the store at ``uri``.
 
-    Next to the SQLite store when there is one (so each store has its own backups), else in
-    the repository.
+    Beside a SQLite database (so each store has its own backups), else in the repository.
     """
+    from fmnist_mlops.tracking import sqlite_dir
+
+    return (sqlite_dir(uri) or store_root()) / ".backups"
+
+
+def backup_dir(cfg: DictConfig) -> Path:
+    """One backup slot for the DVC pipeline (``paths.out`` set), one for ad-hoc runs."""
     from fmnist_mlops.tracking import tracking_uri
 
-    uri = tracking_uri(cfg)
-    base = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
     slot = "pipeline" if cfg.paths.out is not None else "adhoc"
-    return (base or store_root()) / ".backups" / f"train-{slot}"
+    return backups_root(tracking_uri(cfg)) / f"train-{slot}"
 
 
 def _sha256(path: Path) -> str:

@@ -37,6 +37,21 @@ def tracking_uri(cfg: DictConfig | None) -> str:
     return f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
+def sqlite_dir(uri: str) -> Path | None:
+    """The folder holding a ``sqlite:///`` store's database file (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent
+
+
+def connect(uri: str) -> None:
+    """Point MLflow's tracking (and, for SQLite, registry) at ``uri``."""
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        # Keep the registry on the same database as the runs.
+        mlflow.set_registry_uri(uri)
+
+
 def setup(cfg: DictConfig) -> str:
     """Point MLflow at the store and make sure the experiment exists.
 
@@ -44,17 +59,12 @@ def setup(cfg: DictConfig) -> str:
         The experiment id.
     """
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        # Keep the registry on the same database as the runs.
-        mlflow.set_registry_uri(uri)
+    connect(uri)
     name = cfg.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        artifact_location = None
-        if uri.startswith("sqlite:///"):
-            db_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
-            artifact_location = (db_dir / "mlruns").as_uri()
+        db_dir = sqlite_dir(uri)
+        artifact_location = (db_dir / "mlruns").as_uri() if db_dir else None
         try:
             experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
         except mlflow.exceptions.MlflowException:
