@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test-deps params check-params repro test test-fast lint format ui serve serve-stop rollback clean-runs clean
+.PHONY: help install data test-deps params check-params repro test test-fast lint format ui server serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ format: $(STAMP) ## ruff format + autofix
 
 ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
+
+server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 ($$MLFLOW_BACKEND_STORE_URI=postgresql://... or the SQLite store)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
 
 serve: $(STAMP) ## (Re)start serving models:/fashion-mnist-cnn@champion on 127.0.0.1:$(PORT)
 	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -97,3 +103,86 @@ def copy_project(dest: Path) -> Path:
 
 def yaml_dict(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.getuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian package postgresql)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert versions, "PostgreSQL missing: `apt-get install postgresql` (.ci/run does)"
+    bindir = versions[-1].parent
+    home = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
+    data = home / "data"
+    if os.getuid() == 0:
+        shutil.chown(home, "postgres")
+    home.chmod(0o755)
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(home / "log"),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+        capture_output=True,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def http_process(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path, timeout=120):
+    """Start a real server process, wait until ``ready_url`` answers 200, stop it afterwards."""
+    log = open(log_path, "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if urllib.request.urlopen(ready_url, timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{cmd[:3]} did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

@@ -6,14 +6,13 @@ import gzip
 import hashlib
 import http.server
 import shutil
-import socket
 import threading
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, require_real_data
+from conftest import ROOT, free_port, require_real_data
 from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose
@@ -145,12 +144,6 @@ def test_locate_prefers_source_dir_then_system_then_keras_cache(tmp_path):
     shutil.rmtree(tmp_path / "system")
     label, files = locate(data_cfg(tmp_path))
     assert label.startswith("Keras cache")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_offline_error_names_all_four_options(tmp_path):

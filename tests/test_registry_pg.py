@@ -2,68 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
-from test_data import free_port
 from test_registry import pipeline, race_promotions, start_register
 
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.registry import promote, registry_lock
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.getuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian package postgresql)."""
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    assert versions, "PostgreSQL missing: `apt-get install postgresql` (.ci/run does)"
-    bindir = versions[-1].parent
-    home = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
-    data = home / "data"
-    if os.getuid() == 0:
-        shutil.chown(home, "postgres")
-    home.chmod(0o755)
-    subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                opts,
-                "-l",
-                str(home / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-        capture_output=True,
-    )
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_advisory_lock_holds_back_a_promotion_until_released(tmp_path, smoke_prepared, postgres):

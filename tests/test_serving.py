@@ -16,10 +16,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, smoke_config, venv_env
+from conftest import ROOT, free_port, smoke_config, venv_env
 from omegaconf import open_dict
 from PIL import Image
-from test_data import free_port
 
 from fmnist_mlops import CLASS_NAMES
 from fmnist_mlops.data import load_prepared
