@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test-deps params check-params repro test test-fast lint format ui server serve serve-stop rollback clean-runs clean
+.PHONY: help install data test-deps params check-params repro test test-fast lint format ui screenshots server serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,11 +28,11 @@ data: ## Make sure the raw IDX files can be found (installs dataset-fashion-mnis
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-test-deps: data ## Make sure nginx and PostgreSQL (used by tests) are installed (as root)
-	@if { [ ! -x /usr/sbin/nginx ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
-		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian packages nginx postgresql"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx postgresql; \
+test-deps: data ## Make sure nginx, PostgreSQL and Chromium (used by tests) are installed (as root)
+	@if { [ ! -x /usr/sbin/nginx ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages nginx postgresql chromium chromium-driver"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx postgresql chromium chromium-driver; \
 	fi
 
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
@@ -51,15 +51,18 @@ test-fast: $(STAMP) ## Run the fast tests only (no full pipeline)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff lint + format check
-	$(BIN)/ruff check src tests benchmarks deploy && $(BIN)/ruff format --check src tests benchmarks deploy
+	$(BIN)/ruff check src tests benchmarks deploy tools && $(BIN)/ruff format --check src tests benchmarks deploy tools
 
 format: $(STAMP) ## ruff format + autofix
-	$(BIN)/ruff format src tests benchmarks deploy && $(BIN)/ruff check --fix src tests benchmarks deploy
+	$(BIN)/ruff format src tests benchmarks deploy tools && $(BIN)/ruff check --fix src tests benchmarks deploy tools
 
 ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
 
-server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 ($$MLFLOW_BACKEND_STORE_URI=postgresql://... or the SQLite store)
+screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless Chromium) and save docs/ui-*.png
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/ui_check.py
+
+server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
 
 serve: $(STAMP) ## (Re)start serving models:/fashion-mnist-cnn@champion on 127.0.0.1:$(PORT)
