@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, require_real_data, venv_env
+from conftest import ROOT, copy_project, require_real_data, venv_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -303,3 +304,20 @@ def test_a_second_dvc_repro_fails_cleanly_while_one_runs(smoke_project):
     assert "lock" in (second.stdout + second.stderr).lower()
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-2000:]
+
+
+def test_dvc_plots_show_renders_offline(smoke_project, tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from ui_check import render_offline
+
+    dvc(smoke_project, "plots", "show", "-o", str(tmp_path / "plots"))
+    page = tmp_path / "plots" / "index.html"
+    html = page.read_text()
+    # Nothing fetched from elsewhere: no CDN tag, every src/href is local.
+    assert "cdn.jsdelivr" not in html
+    links = re.findall(r'(?:src|href)\s*=\s*"([^"$]+)"', html)
+    assert links and not [u for u in links if "://" in u], links
+    # And it really draws: every vega chart is rendered by Chromium from the file alone.
+    shown = render_offline(page)
+    assert shown["embeds"] >= 3 and shown["charts"] == shown["embeds"], shown
+    assert not [u for u in shown["resources"] if not u.startswith(("file:", "data:", "blob:"))]

@@ -168,6 +168,31 @@ def check_ui(
     return shots
 
 
+def render_offline(html: Path, timeout: float = 60) -> dict:
+    """Open a local HTML file in Chromium; report vega charts drawn and resources fetched.
+
+    Returns:
+        ``{"charts": <vega views drawn>, "embeds": <vegaEmbed calls>, "resources": [urls]}``.
+    """
+    from selenium.webdriver.common.by import By
+
+    with chromium() as driver:
+        driver.get(html.resolve().as_uri())
+        embeds = html.read_text().count("vegaEmbed('#")
+        deadline = time.monotonic() + timeout
+        while True:
+            drawn = driver.find_elements(
+                By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg.marks"
+            )
+            if len(drawn) >= embeds or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        resources = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+    return {"charts": len(drawn), "embeds": embeds, "resources": resources}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Check the project's store in the UI and write ``docs/ui-*.png``."""
     root = Path(__file__).resolve().parents[1]
