@@ -321,3 +321,35 @@ def test_dvc_plots_show_renders_offline(smoke_project, tmp_path):
     shown = render_offline(page)
     assert shown["embeds"] >= 3 and shown["charts"] == shown["embeds"], shown
     assert not [u for u in shown["resources"] if not u.startswith(("file:", "data:", "blob:"))]
+
+
+def _digests(project: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in ("data/prepared", "models", "reports")
+        for p in sorted((project / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_dvc_push_from_one_clone_and_pull_into_another(smoke_project):
+    project = smoke_project
+    dvc(project, "repro")  # whatever earlier tests left, make the workspace match dvc.lock
+    sh(project, "git", "add", "-A")  # dvc.lock and the .gitignore files DVC wrote
+    sh(project, "git", "commit", "-qm", "pipeline results", check=False)  # may be committed
+    remote = project.parent / "fashion-mnist-mlops-dvc-storage"  # the default: beside the repo
+    pushed = dvc(project, "push")
+    assert remote.is_dir() and any(remote.rglob("*")), pushed.stdout
+
+    other = project.parent / "second-clone"
+    sh(project.parent, "git", "clone", "-q", str(project), str(other))
+    assert not (other / "models" / "model.keras").exists()
+    dvc(other, "pull")
+    assert _digests(other) == _digests(project)
+    status = dvc(other, "status")
+    assert "up to date" in status.stdout.lower(), status.stdout
+    # Pulled outputs count as built: nothing to retrain in the second clone.
+    again = dvc(other, "repro")
+    assert "Running stage" not in again.stdout, again.stdout
