@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+STRATEGIES = ("none", "mirrored", "multi_worker")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
@@ -81,7 +82,9 @@ class TrainCfg(_Strict):
     patience: int = _f("an integer > 0", gt=0)
     lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
     lr_plateau_patience: int = _f("an integer > 0", gt=0)
-    verbose: int = _f("0, 1 or 2", ge=0, le=2)
+    verbose: Literal["auto", 0, 1, 2] = _f("auto, 0, 1 or 2")
+    distribute: Literal[STRATEGIES] = _f(f"one of {STRATEGIES}")
+    cpu_replicas: int = _f("an integer >= 1", ge=1, le=64)
 
 
 class RegistryCfg(_Strict):

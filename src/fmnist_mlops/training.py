@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from fmnist_mlops import CLASS_NAMES, resume, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
+from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged
 from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model
 from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
@@ -82,6 +84,13 @@ class FailOnNaN(keras.callbacks.Callback):
             )
 
 
+def keras_verbosity(verbose: str | int) -> int:
+    """``auto``: Keras progress bars on a terminal, one line per epoch in logs (DVC, CI)."""
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(verbose)
+
+
 def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
     wa, wb = a.get_weights(), b.get_weights()
     return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
@@ -106,15 +115,20 @@ def fit(
     Returns:
         The model (best weights), the per-epoch history and the best epoch (0-based).
     """
+    # Before seeding: splitting the CPU into logical devices must precede TF's start-up.
+    strategy = make_strategy(cfg.train.distribute, int(cfg.train.cpu_replicas))
     seed_everything(int(cfg.seed))
     checkpoint_path = out / MODEL_FILE
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     monitor = cfg.train.monitor
+    with strategy.scope():
+        model = compile_model(build_model(cfg.model), cfg.train) if restored is None else None
+        model = model or restored.model()
+    if mlflow.active_run() is not None:
+        mlflow.set_tag("distribute.replicas", str(strategy.num_replicas_in_sync))
     if restored is None:
-        model = compile_model(build_model(cfg.model), cfg.train)
         initial_epoch, past, best_weights = 0, {}, None
     else:
-        model = restored.model()
         initial_epoch, past = restored.epoch + 1, restored.history
         shutil.copyfile(restored.best_model_file(), checkpoint_path)
         best_weights = keras.saving.load_model(
@@ -173,7 +187,7 @@ def fit(
         initial_epoch=initial_epoch,
         batch_size=int(cfg.train.batch_size),
         callbacks=callbacks,
-        verbose=int(cfg.train.verbose),
+        verbose=keras_verbosity(cfg.train.verbose),
     )
     if restored is not None and restored.stopped:
         model.set_weights(best_weights)
