@@ -5,14 +5,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, require_real_data
+from conftest import ROOT, free_port, require_real_data, venv_env
 from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose
@@ -219,3 +223,26 @@ def test_corrupt_source_fails_before_anything_is_written(real_prepared, tmp_path
         prepare(cfg)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in out.parent.iterdir()] == ["prepared"], "no temp folder left behind"
+
+
+def _prepare_cli(tmp_path, via_terminal: bool) -> str:
+    out = tmp_path / ("tty" if via_terminal else "pipe")
+    cmd = [sys.executable, str(ROOT / "src" / "prepare.py"), "experiment=smoke"]
+    cmd.append(f"paths.prepared={out}")
+    if via_terminal:  # a pseudo-terminal with a real size, as a user's shell has
+        cmd = ["script", "-qec", "stty cols 120 rows 40; " + shlex.join(cmd), "/dev/null"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+def test_logs_are_one_line_per_event_and_bars_only_on_a_terminal(tmp_path):
+    require_real_data()
+    logged = _prepare_cli(tmp_path, via_terminal=False)
+    lines = [line for line in logged.splitlines() if not line.startswith("{")]
+    assert lines and all(re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) prepare: ", x) for x in lines), (
+        lines
+    )
+    assert "\r" not in logged and "%|" not in logged
+    shown = _prepare_cli(tmp_path, via_terminal=True)
+    assert "prepare: train-images-idx3-ubyte.gz" in shown and "%|" in shown

@@ -19,13 +19,15 @@ from fmnist_mlops.errors import Interrupted, ProjectError
 
 def setup_logging() -> None:
     """One line per event on stderr; the stage name starts each message."""
+    # MLflow draws a progress bar for every tiny artifact download; in logs that is noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("alembic", "mlflow", "absl", "h5py", "matplotlib", "urllib3"):
+    for noisy in ("alembic", "mlflow", "absl", "h5py", "matplotlib", "urllib3", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.paths import resolve
@@ -106,8 +107,20 @@ def _download(base_url: str, dest: Path, specs: tuple[IdxSpec, ...], timeout: fl
         log.info("prepare: downloading %s", url)
         fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{spec.filename}.")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(url, timeout=timeout) as resp,
+                tqdm(
+                    total=int(resp.headers.get("Content-Length") or 0) or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"prepare: {spec.filename}",
+                    disable=None,
+                ) as bar,
+            ):
+                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -166,8 +179,23 @@ def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
         DataError: One line naming the file and what is wrong.
     """
     try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
+        packed = bytearray()
+        # A bar on a terminal only (disable=None): DVC's and CI's logs stay one line per event.
+        with (
+            path.open("rb") as fh,
+            tqdm(
+                total=path.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                desc=f"prepare: {path.name}",
+                disable=None,
+                leave=False,
+            ) as bar,
+        ):
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                packed += chunk
+                bar.update(len(chunk))
+        raw = gzip.decompress(bytes(packed))
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip file ({exc})") from None
     digest = hashlib.sha256(raw).hexdigest()
