@@ -81,3 +81,43 @@ def misclassified_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def filters_plot(kernel: np.ndarray, path: Path) -> Path:
+    """Show each first-layer filter (kernel ``(h, w, 1, n)``) as a small grey image."""
+    n = kernel.shape[-1]
+    cols = 8
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.2), constrained_layout=True)
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for i, ax in zip(range(n), np.atleast_1d(axes).ravel(), strict=False):
+        ax.imshow(kernel[:, :, 0, i], cmap="gray")
+        ax.set_title(str(i), fontsize=7)
+    fig.suptitle(f"First-layer filters ({kernel.shape[0]}x{kernel.shape[1]}, {n} of them)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def feature_maps_plot(
+    image: np.ndarray, title: str, blocks: Sequence[tuple[str, np.ndarray]], path: Path, per_block=8
+) -> Path:
+    """The input image, then the first ``per_block`` feature maps of each conv block."""
+    rows = 1 + len(blocks)
+    fig, axes = plt.subplots(
+        rows, per_block, figsize=(per_block * 1.2, rows * 1.35), constrained_layout=True
+    )
+    axes = np.atleast_2d(axes)
+    for ax in axes.ravel():
+        ax.axis("off")
+    axes[0, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
+    axes[0, 0].set_title("input", fontsize=7)
+    for row, (name, maps) in enumerate(blocks, start=1):
+        for ch in range(min(per_block, maps.shape[-1])):
+            axes[row, ch].imshow(maps[:, :, ch], cmap="viridis")
+            axes[row, ch].set_title(f"{name}[{ch}] {maps.shape[0]}x{maps.shape[1]}", fontsize=6)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,21 @@
+"""``make report``: a self-contained HTML report of the registered champion."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.report import build_report  # noqa: E402
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Run :func:`fmnist_mlops.report.build_report` (writes ``reports/champion.html``)."""
+    run("report", build_report, cfg)
+
+
+if __name__ == "__main__":
+    main()
