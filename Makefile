@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test-deps params check-params repro test test-fast lint format ui report screenshots server serve serve-stop rollback clean-runs clean
+.PHONY: help install data test-deps params check-params repro test test-fast lint format bench ui report screenshots server serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ format: $(STAMP) ## ruff format + autofix
 
 ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
+
+bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
 
 report: $(STAMP) ## Self-contained HTML report of @champion -> reports/champion.html
 	$(BIN)/python src/report.py

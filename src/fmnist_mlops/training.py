@@ -102,6 +102,7 @@ def fit(
     out: Path,
     backup: resume.EpochBackupSpec | None = None,
     restored: resume.ResumeState | None = None,
+    track: bool = True,
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build, compile and fit the model; verify the restored weights are the best checkpoint's.
 
@@ -111,6 +112,8 @@ def fit(
         out: Folder for ``models/model.keras`` (the best-only checkpoint).
         backup: Where to back up each finished epoch (None: no backups).
         restored: A backup to continue from, instead of starting at epoch 0.
+        track: Log per-epoch metrics to the active MLflow run (False: no MLflow at all, as in
+            the benchmark's bare process).
 
     Returns:
         The model (best weights), the per-epoch history and the best epoch (0-based).
@@ -124,7 +127,7 @@ def fit(
     with strategy.scope():
         model = compile_model(build_model(cfg.model), cfg.train) if restored is None else None
         model = model or restored.model()
-    if mlflow.active_run() is not None:
+    if track and mlflow.active_run() is not None:
         mlflow.set_tag("distribute.replicas", str(strategy.num_replicas_in_sync))
     if restored is None:
         initial_epoch, past, best_weights = 0, {}, None
@@ -175,7 +178,8 @@ def fit(
                 history=past,
             )
         )
-    callbacks.append(MlflowEpochLogger())
+    if track:
+        callbacks.append(MlflowEpochLogger())
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up

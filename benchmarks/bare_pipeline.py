@@ -1,0 +1,41 @@
+"""The pipeline's work in one bare Python process: no DVC, no MLflow, no files but a checkpoint.
+
+Same config (``params.yaml``), same code paths as ``prepare`` -> ``train`` -> ``evaluate``:
+read and verify the IDX files, split, fit with the same callbacks, score the test set. It is the
+yardstick for what DVC and MLflow add (``make bench``, section 2). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STARTED = time.monotonic()
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops.data import Splits, load_raw, locate, split
+    from fmnist_mlops.evaluation import score
+    from fmnist_mlops.training import fit
+
+    cfg = OmegaConf.load(ROOT / "params.yaml")
+    _, files = locate(cfg.data)
+    arrays, _ = load_raw(files)
+    parts = split(arrays, cfg.data)
+    splits = Splits(*parts["train"], *parts["val"], *parts["test"], meta={})
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, _ = fit(cfg, splits, Path(tmp), track=False)
+    test = score(model, splits.x_test, splits.y_test)
+    print(json.dumps({"seconds": time.monotonic() - STARTED, "test_accuracy": test["accuracy"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

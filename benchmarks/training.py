@@ -1,0 +1,485 @@
+"""``make bench``: the tutorial's recipe vs the project, side by side in one run.
+
+1. Training: ``benchmarks/seed_recipe.py`` vs ``python src/train.py`` (default config), same
+   architecture, same split sizes (48,000 / 12,000), interleaved repeats. Wall time from process
+   start to the first epoch with val accuracy >= 0.92, training images/s, achieved GFLOP/s and
+   its share of a matmul ceiling measured in this run for the precision used, val/test accuracy
+   of the restored best weights, peak RSS of the process tree. Medians (min-max).
+2. Pipeline cost: ``dvc repro -f`` (all stages) in a fresh copy of the project vs the same work
+   in one bare process (``benchmarks/bare_pipeline.py``, no DVC, no MLflow) vs the seed script.
+3. No-op ``dvc repro``; MLflow's cost per epoch (what the epoch logger sends, SQLite store).
+4. Serving figures from ``benchmarks/results/serving.json`` (``python benchmarks/serving.py``).
+
+Prints one Markdown table per section and writes everything to
+``benchmarks/results/training.json``. Needs the real data (``make data``) and ~25 minutes with
+the default 3 repeats; ``--repeats 1 --skip-pipeline`` for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET_VAL = 0.92
+TRAIN_IMAGES = 48_000
+VAL_RE = re.compile(r"val_accuracy: ([0-9.]+)")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+def run_timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
+    """Run ``cmd``; stamp every stdout line; sample the process tree's RSS every 0.1 s."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    err_chunks: list[bytes] = []
+    threading.Thread(target=sample, daemon=True).start()
+    threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True).start()
+    lines: list[tuple[float, str]] = []
+    buf = b""
+    for chunk in iter(lambda: proc.stdout.read(4096), b""):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            lines.append((time.monotonic() - started, line.decode(errors="replace")))
+    proc.wait()
+    done.set()
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        tail = b"".join(err_chunks).decode(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return {"seconds": seconds, "lines": lines, "peak_rss_mb": peak[0] / 2**20}
+
+
+def epochs_from(lines: list[tuple[float, str]]) -> list[tuple[float, float]]:
+    """(seconds since start, val_accuracy) for each finished epoch."""
+    out = []
+    for stamp, line in lines:
+        found = VAL_RE.findall(line)
+        if found:
+            out.append((stamp, float(found[-1])))
+    return out
+
+
+def training_figures(timed: dict, train_mflop: float, ceiling: float) -> dict:
+    epochs = epochs_from(timed["lines"])
+    reached = next((t for t, v in epochs if v >= TARGET_VAL), None)
+    intervals = [b[0] - a[0] for a, b in zip(epochs, epochs[1:], strict=False)]
+    per_epoch = statistics.median(intervals) if intervals else float("nan")
+    images_s = TRAIN_IMAGES / per_epoch
+    gflops = images_s * train_mflop / 1e3
+    return {
+        "seconds_to_val_0.92": reached,
+        "epochs": len(epochs),
+        "seconds_per_epoch": per_epoch,
+        "images_per_s": images_s,
+        "gflop_s": gflops,
+        "ceiling_share": gflops / ceiling,
+        "best_val_accuracy": max(v for _, v in epochs),
+        "wall_s": timed["seconds"],
+        "peak_rss_mb": timed["peak_rss_mb"],
+    }
+
+
+def matmul_ceiling(dtype: str) -> float:
+    """GFLOP/s of a large TF matmul in ``dtype`` on this machine, right now (own process)."""
+    code = f"""
+import time, tensorflow as tf
+n = 2048
+a = tf.random.normal((n, n), dtype=tf.float32)
+a = tf.cast(a, "{dtype}"); b = tf.identity(a)
+f = tf.function(lambda x, y: tf.matmul(x, y))
+f(a, b).numpy()
+best = 0.0
+for _ in range(5):
+    t = time.perf_counter(); k = 10
+    for _ in range(k): c = f(a, b)
+    c.numpy(); best = max(best, 2 * n**3 * k / (time.perf_counter() - t) / 1e9)
+print(best)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def train_mflop_per_image() -> tuple[float, float]:
+    """Forward and training MFLOP per image of the default model (multiply-add = 2 FLOP).
+
+    Training = forward + backward; backward is twice the forward, except the first layer,
+    which needs no gradient with respect to its input.
+    """
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops.model import build_model
+
+    model = build_model(OmegaConf.load(ROOT / "params.yaml").model)
+    forward, first = 0.0, None
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            flops = 2 * h * w * cout * kh * kw * cin
+        elif kind == "Dense":
+            cin, cout = layer.kernel.shape
+            flops = 2 * cin * cout
+        else:
+            continue
+        first = flops if first is None else first
+        forward += flops
+    return forward / 1e6, (3 * forward - first) / 1e6
+
+
+# --------------------------------------------------------------------------- the contenders
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def keras_home(tmp: Path) -> Path:
+    """A Keras home whose dataset cache holds the real files: the seed's load_data, offline."""
+    home = tmp / "keras-home"
+    cache = home / "datasets" / "fashion-mnist"
+    cache.mkdir(parents=True, exist_ok=True)
+    for gz in SYSTEM_DATA.glob("*.gz"):
+        target = cache / gz.name
+        if not target.exists():
+            target.symlink_to(gz)
+    return home
+
+
+def test_accuracy_of(keras_file: Path) -> float:
+    """Test accuracy of a saved model on the real test set (the seed's scaling: /255)."""
+    code = f"""
+import gzip, numpy as np, keras
+def idx(p, off): return np.frombuffer(gzip.open(p).read(), np.uint8, offset=off)
+x = idx("{SYSTEM_DATA}/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28, 1) / 255.0
+y = idx("{SYSTEM_DATA}/t10k-labels-idx1-ubyte.gz", 8)
+m = keras.saving.load_model("{keras_file}", compile=False)
+print(float((m.predict(x, batch_size=1024, verbose=0).argmax(1) == y).mean()))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_seed(tmp: Path, n: int) -> dict:
+    work = tmp / f"seed-{n}"
+    work.mkdir()
+    timed = run_timed(
+        [sys.executable, str(ROOT / "benchmarks" / "seed_recipe.py")],
+        work,
+        _env(KERAS_HOME=str(keras_home(tmp))),
+    )
+    timed["test_accuracy"] = test_accuracy_of(work / "best-cnn-model.h5")
+    return timed
+
+
+def run_project(tmp: Path, n: int, prepared: Path, overrides: list[str]) -> dict:
+    work = tmp / f"project-{n}"
+    work.mkdir()
+    timed = run_timed(
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            f"paths.prepared={prepared}",
+            f"paths.out={work}",
+            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            *overrides,
+        ],
+        ROOT,
+        _env(),
+    )
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "evaluate.py"),
+            f"paths.prepared={prepared}",
+            f"paths.out={work}",
+            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    )
+    timed["test_accuracy"] = json.loads(evaluated.stdout.strip().splitlines()[-1])["test_accuracy"]
+    return timed
+
+
+def prepare_data(tmp: Path) -> Path:
+    prepared = tmp / "prepared"
+    subprocess.run(
+        [sys.executable, str(ROOT / "src" / "prepare.py"), f"paths.prepared={prepared}"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        env=_env(),
+    )
+    return prepared
+
+
+def project_copy(tmp: Path) -> Path:
+    """A fresh clone of the committed project (what a user gets), with this .venv on PATH."""
+    dest = tmp / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return dest
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _mid(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def _fmt(stat: dict, digits: int = 1) -> str:
+    if stat["median"] is None:
+        return "never"
+    if stat["n"] == 1:
+        return f"{stat['median']:.{digits}f}"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = (
+        "seconds_to_val_0.92",
+        "wall_s",
+        "seconds_per_epoch",
+        "images_per_s",
+        "gflop_s",
+        "ceiling_share",
+        "best_val_accuracy",
+        "test_accuracy",
+        "peak_rss_mb",
+        "epochs",
+    )
+    return {k: _mid([r[k] for r in runs]) for k in keys}
+
+
+def training_table(seed: dict, project: dict, ceiling: float, precision: str) -> str:
+    rows = [
+        ("wall time to val ≥ 0.92 (s)", "seconds_to_val_0.92", 1),
+        ("whole script (s)", "wall_s", 1),
+        ("epochs run", "epochs", 0),
+        ("s per epoch (train + val)", "seconds_per_epoch", 2),
+        ("training images/s", "images_per_s", 0),
+        ("achieved GFLOP/s", "gflop_s", 0),
+        (f"share of the {precision} matmul ceiling ({ceiling:.0f} GFLOP/s)", "ceiling_share", 3),
+        ("best val accuracy", "best_val_accuracy", 4),
+        ("test accuracy", "test_accuracy", 4),
+        ("peak RSS (MB)", "peak_rss_mb", 0),
+    ]
+    out = ["| | seed recipe | project (default config) | project / seed |", "|---|---:|---:|---:|"]
+    for label, key, digits in rows:
+        a, b = seed[key]["median"], project[key]["median"]
+        ratio = f"{b / a:.2f}×" if a and b else "–"
+        out.append(
+            f"| {label} | {_fmt(seed[key], digits)} | {_fmt(project[key], digits)} | {ratio} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the tables, write ``benchmarks/results/training.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-seed", action="store_true")
+    parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the project's runs")
+    args = parser.parse_args(argv)
+    if not (SYSTEM_DATA / "train-images-idx3-ubyte.gz").exists():
+        print(f"error: real data missing in {SYSTEM_DATA}: run `make data`", file=sys.stderr)
+        return 2
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops.config import compose
+
+    cfg = compose(args.overrides, config_dir=ROOT / "conf")
+    precision = "bfloat16" if cfg.train.get("precision") == "mixed_bfloat16" else "float32"
+    forward_mflop, train_mflop = train_mflop_per_image()
+    result: dict = {
+        "machine": {"cpus": os.cpu_count()},
+        "project_overrides": args.overrides,
+        "project_config": OmegaConf.to_container(cfg.train),
+        "mflop_per_image": {"forward": forward_mflop, "training": train_mflop},
+    }
+    with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        ceilings = {p: matmul_ceiling(p) for p in ("float32", "bfloat16")}
+        result["matmul_ceiling_gflop_s"] = ceilings
+        prepared = prepare_data(tmp)
+        seeds, projects = [], []
+        for n in range(args.repeats):
+            if not args.skip_seed:
+                timed = run_seed(tmp, n)
+                seeds.append(
+                    {
+                        **training_figures(timed, train_mflop, ceilings["float32"]),
+                        "test_accuracy": timed["test_accuracy"],
+                    }
+                )
+                print(f"seed run {n}: {seeds[-1]}", file=sys.stderr)
+            timed = run_project(tmp, n, prepared, args.overrides)
+            projects.append(
+                {
+                    **training_figures(timed, train_mflop, ceilings[precision]),
+                    "test_accuracy": timed["test_accuracy"],
+                }
+            )
+            print(f"project run {n}: {projects[-1]}", file=sys.stderr)
+        result["training"] = {"seed": seeds, "project": projects}
+        seed_sum = summarise(seeds) if seeds else None
+        project_sum = summarise(projects)
+        result["training_summary"] = {"seed": seed_sum, "project": project_sum}
+
+        if not args.skip_pipeline:
+            clone = project_copy(tmp)
+            env = _env()
+            repro = run_timed([str(BIN / "dvc"), "repro", "-f"], clone, env)
+            noop = run_timed([str(BIN / "dvc"), "repro"], clone, env)
+            bare = run_timed(
+                [sys.executable, str(ROOT / "benchmarks" / "bare_pipeline.py")], ROOT, env
+            )
+            result["pipeline"] = {
+                "dvc_repro_f_s": repro["seconds"],
+                "bare_process_s": bare["seconds"],
+                "bare_test_accuracy": json.loads(bare["lines"][-1][1])["test_accuracy"],
+                "noop_dvc_repro_s": noop["seconds"],
+                "seed_script_s": seed_sum["wall_s"]["median"] if seed_sum else None,
+            }
+        result["mlflow_ms_per_epoch"] = mlflow_cost(tmp)
+
+    serving = RESULTS / "serving.json"
+    if serving.exists():
+        result["serving"] = json.loads(serving.read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result, precision))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def mlflow_cost(tmp: Path, epochs: int = 50) -> float:
+    """Milliseconds per epoch for what MlflowEpochLogger sends (5 metrics, synchronous)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'cost.db'}")
+    with mlflow.start_run():
+        mlflow.log_metrics({"warm": 0.0}, step=0, synchronous=True)
+        started = time.perf_counter()
+        for epoch in range(epochs):
+            values = {k: 0.5 for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")}
+            mlflow.log_metrics(values, step=epoch, synchronous=True)
+        return (time.perf_counter() - started) / epochs * 1e3
+
+
+def report(result: dict, precision: str) -> str:
+    parts = []
+    summary = result["training_summary"]
+    ceiling = result["matmul_ceiling_gflop_s"][precision]
+    flops = result["mflop_per_image"]
+    parts.append(
+        f"## 1. Training (medians of {summary['project']['wall_s']['n']} runs, min–max)\n\n"
+        f"MFLOP per image: forward {flops['forward']:.2f}, training {flops['training']:.2f}. "
+        f"Matmul ceilings measured now: float32 {result['matmul_ceiling_gflop_s']['float32']:.0f}"
+        f", bfloat16 {result['matmul_ceiling_gflop_s']['bfloat16']:.0f} GFLOP/s.\n"
+    )
+    if summary["seed"]:
+        parts.append(training_table(summary["seed"], summary["project"], ceiling, precision))
+    pipe = result.get("pipeline")
+    if pipe:
+        seed_s = pipe["seed_script_s"]
+        parts.append(
+            "\n## 2. Pipeline cost (whole wall time)\n\n| | seconds | dvc repro -f / this |\n"
+            "|---|---:|---:|\n"
+            f"| `dvc repro -f` (prepare, train, evaluate, register) | {pipe['dvc_repro_f_s']:.1f}"
+            " | 1.00× |\n"
+            f"| bare process (same work, no DVC/MLflow) | {pipe['bare_process_s']:.1f} | "
+            f"{pipe['dvc_repro_f_s'] / pipe['bare_process_s']:.2f}× |\n"
+            + (
+                f"| seed recipe script | {seed_s:.1f} | {pipe['dvc_repro_f_s'] / seed_s:.2f}× |\n"
+                if seed_s
+                else ""
+            )
+        )
+        parts.append(
+            f"\n## 3. Overheads\n\n| | value |\n|---|---:|\n"
+            f"| no-op `dvc repro` | {pipe['noop_dvc_repro_s']:.2f} s |\n"
+            f"| MLflow logging per epoch (5 metrics, SQLite) | {result['mlflow_ms_per_epoch']:.1f}"
+            " ms |"
+        )
+    serving = result.get("serving")
+    if serving:
+        parts.append(
+            "\n## 4. Serving (`python benchmarks/serving.py`, its last run)\n\n"
+            "| model, payload | p50 ms | p95 ms | images/s (256 per request) |\n"
+            "|---|---:|---:|---:|"
+        )
+        for name, row in serving["results"].items():
+            parts.append(
+                f"| {name} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
+                f"| {row['images_per_s']:.0f} |"
+            )
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The benchmark's baseline and arithmetic (timings themselves live in `make bench`, not here)."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+SEED_TEXT = ROOT / "benchmarks" / "seed_tutorial.md"  # the tutorial, as received
+# The only edits allowed: the tutorial's typos, and the one call Keras 3 refuses.
+FIXES = {
+    "train_sclaed, val_scaled": "train_scaled, val_scaled",
+    "input_size=(28, 28, 1)": "input_shape=(28, 28, 1)",
+    "Dropout(0,4)": "Dropout(0.4)",
+    "patiece=2": "patience=2",
+    "metrics='accuracy'": "metrics=['accuracy']",
+}
+
+
+def _code_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_seed_recipe_is_the_tutorial_with_typos_fixed_only():
+    cells = re.findall(r"```python\n(.*?)```", SEED_TEXT.read_text(), re.S)
+    tutorial = "\n".join(cells)
+    for typo, fixed in FIXES.items():
+        assert typo in tutorial
+        tutorial = tutorial.replace(typo, fixed)
+    recipe = (ROOT / "benchmarks" / "seed_recipe.py").read_text()
+    assert _code_lines(recipe) == _code_lines(tutorial)
+
+
+def test_flop_count_of_the_reference_cnn():
+    from training import train_mflop_per_image
+
+    forward, training = train_mflop_per_image()
+    # conv1 0.45 + conv2 7.23 + dense 0.63 + output 0.002 MFLOP; backward = 2x forward, minus
+    # conv1's input gradient: the issue's ≈24.5 MFLOP per training image.
+    assert forward == pytest.approx(8.306, abs=0.01)
+    assert training == pytest.approx(24.47, abs=0.05)
