@@ -56,3 +56,19 @@ def test_filters_from_config_change_the_network():
     assert [model.get_layer(f"conv{i}").filters for i in (1, 2, 3)] == [16, 32, 64]
     assert model.get_layer("pool3").output.shape[1:] == (3, 3, 64)
     assert [m.name for m in model.metrics] == ["loss", "compile_metrics"] or model.metrics_names
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_with_float32_weights_and_softmax(tmp_path):
+    model = build_model(compose(config_dir=ROOT / "conf").model, precision="mixed_bfloat16")
+    conv = model.get_layer("conv2")
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert model.count_params() == 333_526  # same network
+    probs = model.predict(np.random.default_rng(0).integers(0, 256, (4, 28, 28)), verbose=0)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # The policy travels with the saved file, so evaluation and serving compute the same way.
+    model.save(tmp_path / "m.keras")
+    import keras
+
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert loaded.get_layer("conv2").compute_dtype == "bfloat16"

@@ -11,7 +11,7 @@ from fmnist_mlops.data import NUM_CLASSES
 IMAGE_SHAPE = (28, 28)
 
 
-def build_model(model_cfg: Any) -> keras.Model:
+def build_model(model_cfg: Any, precision: str = "float32") -> keras.Model:
     """Build the tutorial's CNN from ``cfg.model``.
 
     Per entry of ``filters``: Conv2D(kernel_size, same, relu) + MaxPool(2); then Flatten,
@@ -21,10 +21,13 @@ def build_model(model_cfg: Any) -> keras.Model:
     Args:
         model_cfg: The ``model`` config group (``filters``, ``kernel_size``, ``dense_units``,
             ``dropout``).
+        precision: ``float32``, or ``mixed_bfloat16`` (bfloat16 compute, float32 weights; about
+            twice as fast on CPUs with AVX-512 BF16). The softmax always runs in float32.
     """
+    dt = precision
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
-    x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(inputs)
-    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(x)
+    x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel", dtype=dt)(inputs)
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=dt)(x)
     for i, filters in enumerate(model_cfg.filters, start=1):
         x = keras.layers.Conv2D(
             int(filters),
@@ -32,12 +35,16 @@ def build_model(model_cfg: Any) -> keras.Model:
             padding="same",
             activation="relu",
             name=f"conv{i}",
+            dtype=dt,
         )(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(int(model_cfg.dense_units), activation="relu", name="dense")(x)
-    x = keras.layers.Dropout(float(model_cfg.dropout), name="dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dt)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=dt)(x)
+    x = keras.layers.Dense(int(model_cfg.dense_units), activation="relu", name="dense", dtype=dt)(x)
+    x = keras.layers.Dropout(float(model_cfg.dropout), name="dropout", dtype=dt)(x)
+    # Probabilities in float32: bfloat16 has 3 significant digits, too few for a softmax.
+    outputs = keras.layers.Dense(
+        NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32"
+    )(x)
     return keras.Model(inputs, outputs, name=f"fmnist_{model_cfg.get('name', 'cnn')}")
 
 

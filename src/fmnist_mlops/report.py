@@ -93,7 +93,11 @@ def _what_it_sees(model: keras.Model, image: np.ndarray, label: str) -> tuple[st
     probe = keras.Model(model.inputs[0], [layer.output for layer in convs])
     maps = probe(image[None].astype("float32"), training=False)
     maps = maps if isinstance(maps, list | tuple) else [maps]
-    blocks = [(layer.name, np.asarray(m)[0]) for layer, m in zip(convs, maps, strict=True)]
+    # float32: bfloat16 maps (mixed precision) are not something matplotlib can draw.
+    blocks = [
+        (layer.name, np.asarray(m, dtype=np.float32)[0])
+        for layer, m in zip(convs, maps, strict=True)
+    ]
     return (
         _png(filters_plot, kernel),
         _png(feature_maps_plot, image, f"Feature maps of each conv block ({label})", blocks),

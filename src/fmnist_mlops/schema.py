@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 STRATEGIES = ("none", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_bfloat16")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
@@ -83,6 +84,7 @@ class TrainCfg(_Strict):
     lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
     lr_plateau_patience: int = _f("an integer > 0", gt=0)
     verbose: Literal["auto", 0, 1, 2] = _f("auto, 0, 1 or 2")
+    precision: Literal[PRECISIONS] = _f(f"one of {PRECISIONS}")
     distribute: Literal[STRATEGIES] = _f(f"one of {STRATEGIES}")
     cpu_replicas: int = _f("an integer >= 1", ge=1, le=64)
 

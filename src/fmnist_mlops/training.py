@@ -125,8 +125,10 @@ def fit(
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     monitor = cfg.train.monitor
     with strategy.scope():
-        model = compile_model(build_model(cfg.model), cfg.train) if restored is None else None
-        model = model or restored.model()
+        if restored is None:
+            model = compile_model(build_model(cfg.model, cfg.train.precision), cfg.train)
+        else:
+            model = restored.model()
     if track and mlflow.active_run() is not None:
         mlflow.set_tag("distribute.replicas", str(strategy.num_replicas_in_sync))
     if restored is None:
