@@ -42,3 +42,13 @@ def test_flop_count_of_the_reference_cnn():
     # conv1's input gradient: the issue's ≈24.5 MFLOP per training image.
     assert forward == pytest.approx(8.306, abs=0.01)
     assert training == pytest.approx(24.47, abs=0.05)
+
+
+def test_runs_that_never_reach_the_target_count_as_slowest():
+    from training import _fmt, _mid
+
+    assert _fmt(_mid([None, None, 80.0])) == "never (2 of 3 runs)"
+    stat = _mid([10.0, None, 30.0])
+    assert stat["median"] == 30.0 and (stat["min"], stat["max"]) == (10.0, 30.0)
+    assert _fmt(stat) == "30.0 (1 of 3 runs never)"
+    assert _fmt(_mid([10.0, 12.0, 11.0])) == "11.0 (10.0–12.0)"
