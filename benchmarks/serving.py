@@ -10,19 +10,21 @@ single-image latency p50/p95 and batch throughput (images/s, batches of 256).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from fmnist_mlops.servectl import running
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,41 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model_uri: str, tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def serving(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
+    """A real ``mlflow models serve`` of ``model_uri`` on a free port, for the block."""
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{BIN}:{os.environ['PATH']}")
-    cmd = [
-        str(BIN / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port)]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            break
-    raise RuntimeError(f"server for {model_uri} did not start; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with running(cmd, env, f"{url}/ping", log, timeout=180):
+        yield url
 
 
 def post(url: str, body: bytes) -> float:
@@ -142,12 +119,9 @@ def main() -> int:
             ("project pyfunc", args.model_uri, args.tracking_uri),
             ("plain mlflow.tensorflow", plain.model_uri, plain_store),
         ):
-            proc, url = start(uri, store, Path(tmp) / f"{label.split()[0]}.log")
-            try:
+            with serving(uri, store, Path(tmp) / f"{label.split()[0]}.log") as url:
                 results[label] = measure(url, x, args.singles, args.batches)
                 results[f"{label}, float JSON"] = measure(url, xf, args.singles, args.batches)
-            finally:
-                stop(proc)
 
     ours, theirs = results["project pyfunc"], results["plain mlflow.tensorflow"]
     ratio = ours["images_per_s"] / theirs["images_per_s"]

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose
 from fmnist_mlops.data import SPECS
+from fmnist_mlops.servectl import running as http_process  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -156,33 +153,3 @@ def postgres():
         capture_output=True,
     )
     shutil.rmtree(home, ignore_errors=True)
-
-
-@contextmanager
-def http_process(cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path, timeout=120):
-    """Start a real server process, wait until ``ready_url`` answers 200, stop it afterwards."""
-    log = open(log_path, "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if urllib.request.urlopen(ready_url, timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{cmd[:3]} did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, smoke_config, venv_env
+from conftest import ROOT, free_port, http_process, smoke_config, venv_env
 from omegaconf import open_dict
 from PIL import Image
 
@@ -64,26 +62,10 @@ def server(champion):
         "-p",
         str(port),
     ]
-    log = open(Path(champion.paths.out).parent / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            pytest.fail("server did not start:\n" + Path(log.name).read_text()[-3000:])
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    log = Path(champion.paths.out).parent / "serve.log"
+    with http_process(cmd, env, f"{url}/ping", log):
+        yield url
 
 
 def post(url: str, body: bytes | str, content_type: str = "application/json"):

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,31 +39,15 @@ METRICS_SHOWN = ("test_accuracy", "val_accuracy", "best_epoch")
 @contextmanager
 def mlflow_ui(store_uri: str, port: int, log_path: Path, timeout: float = 120) -> Iterator[str]:
     """Run a lean ``mlflow ui`` (1 worker, no job runner) on 127.0.0.1 until the block ends."""
+    from fmnist_mlops.servectl import running
+
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [mlflow_bin, "ui", "--backend-store-uri", store_uri, "--workers", "1"]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     url = f"http://127.0.0.1:{port}"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow ui did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+    with running(cmd, env, f"{url}/health", log_path, timeout):
+        yield url
 
 
 @contextmanager
