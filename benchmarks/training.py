@@ -228,27 +228,15 @@ def run_seed(tmp: Path, n: int) -> dict:
 def run_project(tmp: Path, n: int, prepared: Path, overrides: list[str]) -> dict:
     work = tmp / f"project-{n}"
     work.mkdir()
-    timed = run_timed(
-        [
-            sys.executable,
-            str(ROOT / "src" / "train.py"),
-            f"paths.prepared={prepared}",
-            f"paths.out={work}",
-            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-            *overrides,
-        ],
-        ROOT,
-        _env(),
-    )
+    args = [
+        f"paths.prepared={prepared}",
+        f"paths.out={work}",
+        f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        *overrides,
+    ]
+    timed = run_timed([sys.executable, str(ROOT / "src" / "train.py"), *args], ROOT, _env())
     evaluated = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "src" / "evaluate.py"),
-            f"paths.prepared={prepared}",
-            f"paths.out={work}",
-            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-            *overrides,
-        ],
+        [sys.executable, str(ROOT / "src" / "evaluate.py"), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

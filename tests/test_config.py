@@ -91,21 +91,20 @@ def test_bad_values_get_one_line_errors(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
-    db = tmp_path / "mlflow.db"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "src/train.py",
-            "model.dropout=1.5",
-            f"mlflow.tracking_uri=sqlite:///{db}",
-        ],
+def train_cli(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "src/train.py", *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=venv_env(),
         timeout=120,
     )
+
+
+def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
+    db = tmp_path / "mlflow.db"
+    result = train_cli("model.dropout=1.5", f"mlflow.tracking_uri=sqlite:///{db}")
     assert result.returncode == 2
     # TensorFlow prints its own start-up lines (oneDNN notice); ours start with the stage name.
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("train:")]
@@ -114,14 +113,7 @@ def test_entry_point_rejects_bad_config_before_creating_a_run(tmp_path):
 
 
 def test_unknown_key_is_refused_by_hydra():
-    result = subprocess.run(
-        [sys.executable, "src/train.py", "model.filterz=[1]"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=120,
-    )
+    result = train_cli("model.filterz=[1]")
     assert result.returncode != 0 and "filterz" in result.stderr
 
 
@@ -191,12 +183,5 @@ def test_ad_hoc_runs_do_not_write_dvc_outputs():
 
 
 def test_unknown_config_group_option_is_refused():
-    result = subprocess.run(
-        [sys.executable, "src/train.py", "model=resnet9000"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=120,
-    )
+    result = train_cli("model=resnet9000")
     assert result.returncode != 0 and "resnet9000" in result.stderr and "cnn" in result.stderr

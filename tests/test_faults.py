@@ -59,7 +59,8 @@ def start_training(
 
 
 def only_run(uri: str):
-    client = MlflowClient(uri)
+    # registry_uri too: without it the client asks whatever registry an earlier test set.
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("fashion-mnist")
     [run] = client.search_runs([exp.experiment_id])
     return client, run

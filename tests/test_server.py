@@ -69,9 +69,7 @@ def test_unreachable_postgres_is_one_line_before_mlflow_starts():
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     """``python -m fmnist_mlops.server`` (what ``make server`` runs) on a fresh database."""
-    admin = sqlalchemy.create_engine(
-        postgres.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
+    admin = sqlalchemy.create_engine(backend_store_uri(postgres), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text("CREATE DATABASE mlflow_team"))
     db = postgres.rsplit("/", 1)[0] + "/mlflow_team"

@@ -195,7 +195,7 @@ def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 packed += chunk
                 bar.update(len(chunk))
-        raw = gzip.decompress(bytes(packed))
+        raw = gzip.decompress(packed)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip file ({exc})") from None
     digest = hashlib.sha256(raw).hexdigest()

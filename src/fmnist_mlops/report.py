@@ -220,7 +220,8 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     sections = [
         f"<h1>{html.escape(reg.model_name)}@{html.escape(reg.alias)}</h1>",
         f'<p class="muted">Report written {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC from '
-        f"{html.escape(uri.split('@')[-1])}; test split: {html.escape(str(prepared))}.</p>",
+        f"{html.escape(tracking.hide_password(uri))}; "
+        f"test split: {html.escape(str(prepared))}.</p>",
         _table(["", ""], summary, left=2),
         "<h2>Metrics</h2>",
         "".join(f'<p class="warn">{html.escape(n)}</p>' for n in notes),

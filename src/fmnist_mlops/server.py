@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import store_root
+from fmnist_mlops.tracking import hide_password
 
 _SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
 
@@ -34,9 +35,8 @@ def backend_store_uri(uri: str | None = None) -> str:
     if not uri:
         return f"sqlite:///{store_root() / 'mlflow.db'}"
     if not uri.startswith(_SCHEMES):
-        shown = uri.split("@", 1)[-1] if "@" in uri else uri  # never echo a password
         raise ConfigError(
-            f"backend store {shown!r} is not supported; "
+            f"backend store {hide_password(uri)!r} is not supported; "
             "use sqlite:///<file> or postgresql://user:password@host:port/db"
         )
     if uri.startswith("postgresql://"):
@@ -59,9 +59,8 @@ def check_reachable(uri: str) -> None:
         with engine.connect():
             pass
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        where = uri.split("@", 1)[-1]
         first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        raise ConfigError(f"backend store {where!r} is unreachable: {first}") from None
+        raise ConfigError(f"backend store {hide_password(uri)!r} is unreachable: {first}") from None
 
 
 def server_command(
@@ -119,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     artifacts = args.artifacts_destination or str(store_root() / "mlruns")
     cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
-    shown = backend.split("@", 1)[-1] if "@" in backend else backend
-    print(f"mlflow server: backend {shown}, artifacts {artifacts}, http://{args.host}:{args.port}")
+    print(
+        f"mlflow server: backend {hide_password(backend)}, artifacts {artifacts}, "
+        f"http://{args.host}:{args.port}"
+    )
     sys.stdout.flush()
     os.execvpe(cmd[0], cmd, server_env())
 

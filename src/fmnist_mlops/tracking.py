@@ -120,18 +120,23 @@ def run_tags(stage: str) -> dict[str, str]:
 _SECRET_WORDS = ("password", "secret", "token", "access_key", "api_key", "credential")
 
 
+def hide_password(text: str) -> str:
+    """``scheme://user:password@host/...`` becomes ``scheme://***@host/...``; else unchanged."""
+    if "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return text
+
+
 def redact(flat: dict[str, Any]) -> dict[str, Any]:
     """Replace the values of keys that look like secrets (and URIs with a password) by ***."""
     out = {}
     for key, value in flat.items():
-        text = str(value)
         if any(word in key.lower() for word in _SECRET_WORDS):
             out[key] = "***"
-        elif "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
-            scheme, rest = text.split("://", 1)
-            out[key] = f"{scheme}://***@{rest.split('@', 1)[1]}"  # user:password@host
         else:
-            out[key] = value
+            hidden = hide_password(str(value))
+            out[key] = value if hidden == str(value) else hidden
     return out
 
 
