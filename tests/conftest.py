@@ -1,4 +1,4 @@
-"""Shared fixtures: real data, shrunk configs (``experiment=smoke``), temporary stores."""
+"""Shared fixtures: real data, shrunk configs (``+experiment=smoke``), temporary stores."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def venv_env(**extra: str) -> dict[str, str]:
 
 
 def smoke_config(tmp: Path, prepared: Path, *overrides: str):
-    cfg = compose(["experiment=smoke", *overrides], config_dir=ROOT / "conf")
+    cfg = compose(["+experiment=smoke", *overrides], config_dir=ROOT / "conf")
     with open_dict(cfg):
         cfg.paths.prepared = str(prepared)
         cfg.paths.out = str(tmp / "out")
@@ -62,7 +62,7 @@ def smoke_prepared(tmp_path_factory) -> Path:
     from fmnist_mlops.data import prepare
 
     folder = tmp_path_factory.mktemp("smoke-data") / "prepared"
-    cfg = compose(["experiment=smoke"], config_dir=ROOT / "conf")
+    cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")
     with open_dict(cfg):
         cfg.paths.prepared = str(folder)
     prepare(cfg)

@@ -41,7 +41,7 @@ def test_defaults_expose_the_documented_interface():
 
 
 def test_smoke_experiment_is_small():
-    cfg = compose(["experiment=smoke"], config_dir=ROOT / "conf")
+    cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")
     assert cfg.data.max_train <= 1000 and cfg.train.epochs <= 2
     assert cfg.model.filters == [32, 64], "smoke shrinks data and epochs, not the architecture"
 

@@ -227,7 +227,7 @@ def test_corrupt_source_fails_before_anything_is_written(real_prepared, tmp_path
 
 def _prepare_cli(tmp_path, via_terminal: bool) -> str:
     out = tmp_path / ("tty" if via_terminal else "pipe")
-    cmd = [sys.executable, str(ROOT / "src" / "prepare.py"), "experiment=smoke"]
+    cmd = [sys.executable, str(ROOT / "src" / "prepare.py"), "+experiment=smoke"]
     cmd.append(f"paths.prepared={out}")
     if via_terminal:  # a pseudo-terminal with a real size, as a user's shell has
         cmd = ["script", "-qec", "stty cols 120 rows 40; " + shlex.join(cmd), "/dev/null"]

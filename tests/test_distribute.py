@@ -16,7 +16,7 @@ def train_cli(tmp_path, prepared, *overrides: str) -> dict:
         [
             sys.executable,
             str(ROOT / "src" / "train.py"),
-            "experiment=smoke",
+            "+experiment=smoke",
             f"paths.prepared={prepared}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "train.verbose=0",

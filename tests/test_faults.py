@@ -29,7 +29,7 @@ def start_training(
     cmd = [
         sys.executable,
         "src/train.py",
-        "experiment=smoke",
+        "+experiment=smoke",
         f"train.epochs={epochs}",
         f"train.patience={epochs}",
         "train.batch_size=16",
@@ -120,7 +120,7 @@ def test_nan_loss_exits_non_zero_from_the_command_line(tmp_path, smoke_prepared)
         [
             sys.executable,
             "src/train.py",
-            "experiment=smoke",
+            "+experiment=smoke",
             "train.lr=1e8",
             f"paths.prepared={smoke_prepared}",
             f"mlflow.tracking_uri={uri}",

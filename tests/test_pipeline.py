@@ -47,7 +47,7 @@ def runs(project: Path):
 def smoke_project(tmp_path_factory):
     require_real_data()
     project = copy_project(tmp_path_factory.mktemp("smoke-project"))
-    sh(project, sys.executable, "-m", "fmnist_mlops.config", "experiment=smoke")
+    sh(project, sys.executable, "-m", "fmnist_mlops.config", "+experiment=smoke")
     sh(
         project,
         "git",
@@ -121,7 +121,7 @@ def test_exp_run_set_param_reaches_the_code(smoke_project):
         "exp",
         "run",
         "-S",
-        "experiment=smoke",
+        "+experiment=smoke",
         "-S",
         "train.epochs=1",
         "-S",
@@ -180,7 +180,7 @@ def test_temp_experiment_logs_to_the_repository_store(smoke_project):
         "run",
         "--temp",
         "-S",
-        "experiment=smoke",
+        "+experiment=smoke",
         "-S",
         "train.epochs=1",
         "-S",
@@ -229,7 +229,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
         sys.executable,
         "-m",
         "fmnist_mlops.config",
-        "experiment=smoke",
+        "+experiment=smoke",
         "train.epochs=40",
         "train.patience=40",
         "train.batch_size=16",

@@ -109,7 +109,7 @@ def start_register(cfg, prepared, uri, lock_url=None):
     cmd = [
         sys.executable,
         "src/register.py",
-        "experiment=smoke",
+        "+experiment=smoke",
         f"paths.out={cfg.paths.out}",
         f"paths.prepared={prepared}",
         f"mlflow.tracking_uri={uri}",

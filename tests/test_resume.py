@@ -37,7 +37,7 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
     cmd = [
         sys.executable,
         "src/train.py",
-        "experiment=smoke",
+        "+experiment=smoke",
         "train.epochs=30",
         "train.patience=30",
         "train.batch_size=16",

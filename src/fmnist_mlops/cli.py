@@ -82,11 +82,19 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="dvc-watchdog", daemon=True).start()
 
 
-def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def run(
+    stage: str,
+    fn: Callable[[DictConfig], Any],
+    cfg: DictConfig,
+    on_success: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> Any:
     """Call ``fn(cfg)``; print its result as JSON.
 
     A :class:`ProjectError` becomes one line on stderr and exit 2; SIGTERM/SIGINT become
     :class:`Interrupted` (the stage marks its MLflow run KILLED) and exit 128 + signal number.
+    With ``on_error`` (a job of a sweep) any error is reported in one line and handed to it,
+    and ``run`` returns None so the sweep goes on; an interruption still ends everything.
     """
     setup_logging()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -94,12 +102,23 @@ def run(stage: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         die_with_parent()
         result = fn(cfg)
-    except ProjectError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as exc:
         print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
         sys.exit(128 + exc.signum)
+    except ProjectError as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        if on_error is None:
+            sys.exit(2)
+        on_error(exc)
+        return None
+    except Exception as exc:
+        if on_error is None:
+            raise
+        print(f"{stage}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        on_error(exc)
+        return None
+    if on_success is not None:
+        on_success(result)
     if result is not None:
         print(json.dumps(result, default=str))
     return result

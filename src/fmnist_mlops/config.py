@@ -16,7 +16,7 @@ def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Di
     """Compose ``conf/config.yaml`` with Hydra overrides, exactly as ``dvc exp run`` does.
 
     Args:
-        overrides: Hydra override strings, e.g. ``["experiment=smoke", "train.epochs=3"]``.
+        overrides: Hydra override strings, e.g. ``["+experiment=smoke", "train.epochs=3"]``.
         config_dir: Folder holding ``config.yaml``; defaults to ``<project root>/conf``.
 
     Returns:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output", default="params.yaml")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=smoke")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=smoke")
     args = parser.parse_args(argv)
     text = params_yaml(args.overrides)
     out = Path(args.output)

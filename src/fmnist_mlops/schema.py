@@ -16,6 +16,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
+HEADS = ("flatten", "global_avg")
 MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
 
 
@@ -63,6 +64,10 @@ class ModelCfg(_Strict):
     kernel_size: int = _f("an integer in [1, 7]", ge=1, le=7)
     dense_units: int = _f("an integer > 0", gt=0)
     dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
+    convs_per_block: int = _f("an integer in [1, 4]", ge=1, le=4)
+    batch_norm: bool = _f("true or false")
+    block_dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
+    head: Literal[HEADS] = _f(f"one of {HEADS}")
 
     @field_validator("filters")
     @classmethod
@@ -70,6 +75,14 @@ class ModelCfg(_Strict):
         if not value or len(value) > MAX_BLOCKS or any(f <= 0 for f in value):
             raise ValueError("bad filters")
         return value
+
+
+class AugmentCfg(_Strict):
+    """On-the-fly augmentation of training batches (``train.augment``)."""
+
+    flip: bool = _f("true or false")
+    shift: float = _f("a fraction of the image side in [0, 0.5]", ge=0, le=0.5)
+    erase: float = _f("a probability in [0, 1]", ge=0, le=1)
 
 
 class TrainCfg(_Strict):
@@ -87,6 +100,7 @@ class TrainCfg(_Strict):
     precision: Literal[PRECISIONS] = _f(f"one of {PRECISIONS}")
     distribute: Literal[STRATEGIES] = _f(f"one of {STRATEGIES}")
     cpu_replicas: int = _f("an integer >= 1", ge=1, le=64)
+    augment: AugmentCfg
 
 
 class RegistryCfg(_Strict):

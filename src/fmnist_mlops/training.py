@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, resume, tracking
+from fmnist_mlops import CLASS_NAMES, augment, resume, sweep, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
@@ -185,13 +185,27 @@ def fit(
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
+    batch_size = int(cfg.train.batch_size)
+    augment_cfg = cfg.train.get("augment")
+    if augment.enabled(augment_cfg):
+        # tf.data only when augmenting: for plain arrays Keras' own NumPy path is as fast.
+        train_data = {
+            "x": augment.training_dataset(
+                splits.x_train, splits.y_train, batch_size, int(cfg.seed), augment_cfg
+            ),
+            "shuffle": False,  # the dataset reshuffles itself every epoch
+        }
+    else:
+        train_data = {
+            "x": splits.x_train.astype("float32"),
+            "y": splits.y_train,
+            "batch_size": batch_size,
+        }
     history = model.fit(
-        splits.x_train.astype("float32"),
-        splits.y_train,
+        **train_data,
         validation_data=(splits.x_val.astype("float32"), splits.y_val),
         epochs=epochs,
         initial_epoch=initial_epoch,
-        batch_size=int(cfg.train.batch_size),
         callbacks=callbacks,
         verbose=keras_verbosity(cfg.train.verbose),
     )
@@ -276,7 +290,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         restored = None
     if restored is None:
         resume.clear(folder)
-        active = mlflow.start_run(tags=tracking.run_tags("train"))
+        tags = {**tracking.run_tags("train"), **sweep.child_tags(), "out_dir": str(out)}
+        active = mlflow.start_run(tags=tags)
     else:
         log.info(
             "train: resuming run %s after epoch %d (backup %s)",

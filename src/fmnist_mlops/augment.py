@@ -1,0 +1,104 @@
+"""On-the-fly augmentation of training batches: flips, shifts and random erasing.
+
+Only training batches are augmented; validation, test and served images never are, so the
+saved model stays the plain network. Everything is stateless-random from one seed, so a run
+is as reproducible with augmentation as without.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+SIDE = 28
+# Random erasing (Zhong et al., 2017): rectangle area as a share of the image, aspect ratio.
+ERASE_AREA = (0.02, 0.25)
+ERASE_ASPECT = (0.3, 3.3)
+
+
+def enabled(augment_cfg: Any) -> bool:
+    """True when ``train.augment`` asks for any augmentation."""
+    if augment_cfg is None:
+        return False
+    return bool(augment_cfg.flip) or augment_cfg.shift > 0 or augment_cfg.erase > 0
+
+
+def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    batch = tf.shape(x)[0]
+    mask = tf.random.stateless_uniform([batch], seed) < 0.5
+    return tf.where(mask[:, None, None], tf.reverse(x, axis=[2]), x)
+
+
+def _shift(x: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
+    """Translate each image by up to ``pad`` pixels per axis, filling with background (0)."""
+    batch = tf.shape(x)[0]
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad]])
+    offsets = tf.random.stateless_uniform(
+        [batch, 2], seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
+    )
+    rows = offsets[:, :1] + tf.range(SIDE)[None, :]
+    cols = offsets[:, 1:] + tf.range(SIDE)[None, :]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+def _erase(x: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+    """Replace one random rectangle with random pixels in a ``probability`` share of images."""
+    batch = tf.shape(x)[0]
+    s = tf.random.experimental.stateless_split(seed, 5)
+    area = tf.random.stateless_uniform([batch], s[0], *ERASE_AREA) * SIDE * SIDE
+    log_aspect = tf.random.stateless_uniform(
+        [batch], s[1], float(np.log(ERASE_ASPECT[0])), float(np.log(ERASE_ASPECT[1]))
+    )
+    aspect = tf.exp(log_aspect)
+    h = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1, SIDE)
+    w = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1, SIDE)
+    corner = tf.random.stateless_uniform([batch, 2], s[2])
+    top = tf.floor(corner[:, 0] * (SIDE - h + 1))
+    left = tf.floor(corner[:, 1] * (SIDE - w + 1))
+    pos = tf.range(SIDE, dtype=tf.float32)
+    inside_rows = (pos[None, :] >= top[:, None]) & (pos[None, :] < (top + h)[:, None])
+    inside_cols = (pos[None, :] >= left[:, None]) & (pos[None, :] < (left + w)[:, None])
+    apply = tf.random.stateless_uniform([batch], s[3]) < probability
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & apply[:, None, None]
+    noise = tf.random.stateless_uniform(tf.shape(x), s[4], 0.0, 255.0)
+    return tf.where(mask, noise, x)
+
+
+def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: Any) -> tf.Tensor:
+    """Augment a batch of raw-pixel images ``(batch, 28, 28)`` float32.
+
+    Args:
+        x: The batch.
+        seed: A ``[2]`` int64 stateless seed for this batch.
+        augment_cfg: ``train.augment``: ``flip`` (bool), ``shift`` (fraction of 28 px),
+            ``erase`` (probability per image).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if augment_cfg.flip:
+        x = _flip(x, seeds[0])
+    pad = int(round(float(augment_cfg.shift) * SIDE))
+    if pad > 0:
+        x = _shift(x, pad, seeds[1])
+    if augment_cfg.erase > 0:
+        x = _erase(x, float(augment_cfg.erase), seeds[2])
+    return x
+
+
+def training_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment_cfg: Any
+) -> tf.data.Dataset:
+    """Shuffled, augmented, prefetched training batches (reshuffled every epoch)."""
+    ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    # One stateless seed per batch, a different stream every epoch (but the same run to run).
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    ds = ds.map(
+        lambda batch, s: (augment_batch(batch[0], s, augment_cfg), batch[1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)

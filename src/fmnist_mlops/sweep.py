@@ -1,0 +1,262 @@
+"""Hydra multirun under one MLflow parent run, and promotion of the sweep's best child.
+
+``python src/train.py -m 'model.filters=[16,32],[32,64]' train.lr=0.001,0.0005`` trains every
+combination. :class:`MlflowSweepCallback` (registered in ``conf/config.yaml``) opens a parent
+run before the first job; each job's ``train`` run is nested under it (``mlflow.parentRunId``)
+and tagged with its override string. A job that fails is recorded as a FAILED child and the
+sweep goes on. After the last job the best finished child by ``registry.metric`` (validation
+data only) is evaluated and goes through the promotion rule of ``dvc repro``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "FMNIST_MLOPS_SWEEP_PARENT"
+JOB_ENV = "FMNIST_MLOPS_SWEEP_JOB"
+OVERRIDES_ENV = "FMNIST_MLOPS_SWEEP_OVERRIDES"
+CONFIG_FILE = Path("models/config.yaml")
+# registry.metric -> the train run's metric for it (the best epoch's value).
+CHILD_METRIC = {"val_accuracy": "best_val_accuracy", "val_loss": "best_val_loss"}
+
+
+def active() -> bool:
+    """True inside a job of a sweep (the callback has opened a parent run)."""
+    return bool(os.environ.get(PARENT_ENV))
+
+
+def child_tags() -> dict[str, str]:
+    """Tags nesting a run under the sweep's parent run (empty outside a sweep)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return {}
+    overrides = os.environ.get(OVERRIDES_ENV, "")
+    return {
+        "mlflow.parentRunId": parent,
+        "sweep.job": os.environ.get(JOB_ENV, ""),
+        "sweep.overrides": overrides,
+        "mlflow.runName": overrides[:250] or "defaults",
+    }
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    """The sweep's primary config without the ``hydra`` node, interpolations resolved."""
+    cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def job_hooks(cfg: DictConfig) -> dict[str, Any]:
+    """``cli.run`` hooks for a job of a sweep: keep going after a failure (empty otherwise)."""
+    if not active():
+        return {}
+    return {
+        "on_success": lambda result: record_finished(cfg, result),
+        "on_error": lambda exc: record_failure(cfg, exc),
+    }
+
+
+def record_finished(cfg: DictConfig, result: dict[str, Any]) -> None:
+    """Keep a finished job's config beside its outputs, for the end-of-sweep evaluation."""
+    out = Path(result["out_dir"])
+    (out / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """Make sure a failed job shows up as a FAILED child, even if it failed before its run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from fmnist_mlops import tracking
+
+    parent, job = os.environ[PARENT_ENV], os.environ.get(JOB_ENV, "")
+    try:
+        tracking.connect(tracking.tracking_uri(cfg))
+        client = MlflowClient()
+        experiment_id = client.get_run(parent).info.experiment_id
+        existing = client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}' and tags.`sweep.job` = '{job}'",
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status not in ("FAILED", "KILLED"):
+                client.set_terminated(run_id, "FAILED")
+        else:
+            run_id = client.create_run(
+                experiment_id, tags={**tracking.run_tags("train"), **child_tags()}
+            ).info.run_id
+            client.set_terminated(run_id, "FAILED")
+        client.set_tag(run_id, "failure", str(exc)[:5000])
+    except mlflow.exceptions.MlflowException as err:  # the sweep goes on regardless
+        log.warning("sweep: could not record the failure of job %s: %s", job, err)
+
+
+def _best_child(client: Any, experiment_id: str, parent: str, metric: str, mode: str):
+    key = CHILD_METRIC[metric]
+    order = "DESC" if mode == "max" else "ASC"
+    children = client.search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent}'",
+        order_by=[f"metrics.`{key}` {order}"],
+        max_results=10000,
+    )
+    finished = [r for r in children if r.info.status == "FINISHED" and key in r.data.metrics]
+    failed = [r for r in children if r.info.status != "FINISHED"]
+    return (finished[0] if finished else None), finished, failed
+
+
+def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
+    """Evaluate the best finished child, apply the promotion rule, close the parent run.
+
+    Returns:
+        A summary: the children's counts, the best child's run id, its metrics and the
+        registry decision.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from fmnist_mlops import tracking
+    from fmnist_mlops.evaluation import evaluate
+    from fmnist_mlops.registry import promote
+
+    tracking.connect(tracking.tracking_uri(sweep_cfg))
+    client = MlflowClient()
+    experiment_id = client.get_run(parent).info.experiment_id
+    reg = sweep_cfg.registry
+    best, finished, failed = _best_child(client, experiment_id, parent, reg.metric, reg.mode)
+    summary: dict[str, Any] = {
+        "parent_run_id": parent,
+        "children_finished": len(finished),
+        "children_failed": len(failed),
+    }
+    client.log_metric(parent, "children_finished", len(finished))
+    client.log_metric(parent, "children_failed", len(failed))
+    if best is None:
+        client.set_tag(parent, "failure", "no child run finished")
+        client.set_terminated(parent, "FAILED")
+        log.error("sweep: no job finished; nothing evaluated or registered")
+        return {**summary, "best_run_id": None}
+
+    out = best.data.tags.get("out_dir")
+    if not out or not (Path(out) / CONFIG_FILE).is_file():
+        client.set_terminated(parent, "FAILED")
+        raise FileNotFoundError(f"sweep: outputs of the best child {best.info.run_id} are gone")
+    cfg = OmegaConf.load(Path(out) / CONFIG_FILE)
+    cfg.paths.out = out
+    log.info(
+        "sweep: best of %d finished jobs is run %s (%s), %s %.4f",
+        len(finished),
+        best.info.run_id,
+        best.data.tags.get("sweep.overrides", ""),
+        CHILD_METRIC[reg.metric],
+        best.data.metrics[CHILD_METRIC[reg.metric]],
+    )
+    try:
+        metrics = evaluate(cfg)
+        decision = promote(cfg)
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    for key, value in {
+        "best_run_id": best.info.run_id,
+        "best_overrides": best.data.tags.get("sweep.overrides", ""),
+        "registry.decision": "promoted" if decision["promote"] else "kept",
+        "registry.version": str(decision["candidate_version"]),
+    }.items():
+        client.set_tag(parent, key, value)
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
+        client.log_metric(parent, f"best_{key}", float(metrics[key]))
+    client.log_text(parent, json.dumps(decision, indent=2), "sweep/promotion.json")
+    client.set_terminated(parent, "FINISHED")
+    return {
+        **summary,
+        "best_run_id": best.info.run_id,
+        "best_overrides": best.data.tags.get("sweep.overrides", ""),
+        "test_accuracy": metrics["test_accuracy"],
+        "promoted": decision["promote"],
+        "version": decision["candidate_version"],
+    }
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    Callback = object  # type: ignore[assignment,misc]
+
+
+def _or_exit(fn: Any, *args: Any) -> Any:
+    """Hydra turns a callback's exception into a warning; a sweep's own errors must end it."""
+    from fmnist_mlops.errors import ProjectError
+
+    try:
+        return fn(*args)
+    except ProjectError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        print(f"sweep: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback: one MLflow parent run per ``train -m`` sweep (no-op for single runs)."""
+
+    def __init__(self, job_name: str = "train") -> None:
+        self.job_name = job_name
+        self.parent: str | None = None
+
+    def _ours(self, config: DictConfig) -> bool:
+        return OmegaConf.select(config, "hydra.job.name") == self.job_name
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        if self._ours(config):
+            _or_exit(self._open_parent, config)
+
+    def _open_parent(self, config: DictConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from fmnist_mlops import tracking
+        from fmnist_mlops.cli import setup_logging
+        from fmnist_mlops.config import validate
+
+        setup_logging()
+        cfg = _task_config(config)
+        validate(cfg)
+        experiment_id = tracking.setup(cfg)
+        sweep_args = list(OmegaConf.select(config, "hydra.overrides.task") or [])
+        name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=name,
+            tags={**tracking.run_tags("sweep"), "sweep.arguments": " ".join(sweep_args)},
+        )
+        self.parent = run.info.run_id
+        os.environ[PARENT_ENV] = self.parent
+        log.info("sweep: MLflow parent run %s (%s)", self.parent, " ".join(sweep_args))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        if not self._ours(config) or not os.environ.get(PARENT_ENV):
+            return
+        os.environ[JOB_ENV] = str(OmegaConf.select(config, "hydra.job.num"))
+        os.environ[OVERRIDES_ENV] = " ".join(OmegaConf.select(config, "hydra.overrides.task"))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        if not self._ours(config) or self.parent is None:
+            return
+        parent, self.parent = self.parent, None
+        for key in (PARENT_ENV, JOB_ENV, OVERRIDES_ENV):
+            os.environ.pop(key, None)
+        summary = _or_exit(finish, _task_config(config), parent)
+        print(json.dumps({"sweep": summary}, default=str))
+        if summary["best_run_id"] is None:
+            raise SystemExit(1)
