@@ -46,9 +46,7 @@ def runs_of(client: MlflowClient):
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def test_sweep_nests_children_survives_a_failed_job_and_promotes_the_best(
-    tmp_path, smoke_prepared
-):
+def test_sweep_nests_children_survives_a_failed_job_and_promotes_the_best(tmp_path, smoke_prepared):
     before = set(p.name for p in ROOT.iterdir())
     proc = sweep(tmp_path, smoke_prepared, f"model.filters=[8],[8,16],{BAD_FILTERS}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,9 +96,7 @@ def test_sweep_nests_children_survives_a_failed_job_and_promotes_the_best(
     assert int(champion.version) == 1
 
 
-def test_sweep_where_every_job_fails_exits_nonzero_and_registers_nothing(
-    tmp_path, smoke_prepared
-):
+def test_sweep_where_every_job_fails_exits_nonzero_and_registers_nothing(tmp_path, smoke_prepared):
     proc = sweep(tmp_path, smoke_prepared, f"model.filters={BAD_FILTERS},[0]")
     assert proc.returncode == 1
     assert "no job finished" in proc.stderr
