@@ -24,9 +24,14 @@ def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Di
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(str(config_dir or project_root() / "conf"), version_base=None):
+    if config_dir is None and GlobalHydra.instance().is_initialized():
+        # Inside an @hydra.main entry point reading conf/ (the tuner composing its trials).
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    else:
+        with initialize_config_dir(str(config_dir or project_root() / "conf"), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
     OmegaConf.resolve(cfg)
     return cfg
 

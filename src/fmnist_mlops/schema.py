@@ -136,9 +136,34 @@ class Config(_Strict):
     mlflow: MlflowCfg
 
 
-def _describe(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+class PrunerCfg(_Strict):
+    """Optuna's median pruner (``tune.pruner``)."""
+
+    n_startup_trials: int = _f("an integer >= 0", ge=0)
+    n_warmup_steps: int = _f("an integer >= 0", ge=0)
+
+
+class TuneCfg(_Strict):
+    """The Optuna study (``conf/tune``); ``space`` is checked by ``tuning.check_space``."""
+
+    study_name: str = _f("a non-empty name", min_length=1)
+    storage: str | None = _f("null (optuna.db next to mlflow.db) or an RDB URL")
+    n_trials: int = _f("an integer > 0", gt=0)
+    timeout_s: float | None = _f("null or a number of seconds > 0", gt=0)
+    seed: int | None = _f("null or an integer")
+    pruner: PrunerCfg
+    space: dict[str, dict[str, Any]] = _f("a mapping of override keys to distributions")
+
+
+class TuneConfig(_Strict):
+    """The tuner's own settings, validated apart from the project config it composes."""
+
+    tune: TuneCfg
+
+
+def _describe(loc: tuple[Any, ...], root: Any = None) -> tuple[str, str | None]:
     """Dotted key and the accepted-values text of the field at ``loc``."""
-    model: Any = Config
+    model: Any = root or Config
     keys: list[str] = []
     description = None
     for part in loc:
@@ -159,13 +184,13 @@ def _describe(loc: tuple[Any, ...]) -> tuple[str, str | None]:
     return ".".join(keys), description
 
 
-def first_error(data: dict[str, Any], exc: ValidationError) -> str:
+def first_error(data: dict[str, Any], exc: ValidationError, root: Any = None) -> str:
     """One line for the first violation: key, value and what is accepted."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    key, description = _describe(loc)
+    key, description = _describe(loc, root)
     if err["type"] == "extra_forbidden":
-        parent_key, _ = _describe(loc[:-1])
+        parent_key, _ = _describe(loc[:-1], root)
         name = ".".join(str(p) for p in loc)
         return f"{name} is not a setting of {parent_key or 'the config'}: remove it or fix its name"
     if err["type"] == "missing":

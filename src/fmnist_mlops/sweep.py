@@ -126,8 +126,6 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from fmnist_mlops import tracking
-    from fmnist_mlops.evaluation import evaluate
-    from fmnist_mlops.registry import promote
 
     tracking.connect(tracking.tracking_uri(sweep_cfg))
     client = MlflowClient()
@@ -147,12 +145,6 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
         log.error("sweep: no job finished; nothing evaluated or registered")
         return {**summary, "best_run_id": None}
 
-    out = best.data.tags.get("out_dir")
-    if not out or not (Path(out) / CONFIG_FILE).is_file():
-        client.set_terminated(parent, "FAILED")
-        raise FileNotFoundError(f"sweep: outputs of the best child {best.info.run_id} are gone")
-    cfg = OmegaConf.load(Path(out) / CONFIG_FILE)
-    cfg.paths.out = out
     log.info(
         "sweep: best of %d finished jobs is run %s (%s), %s %.4f",
         len(finished),
@@ -162,14 +154,39 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
         best.data.metrics[CHILD_METRIC[reg.metric]],
     )
     try:
-        metrics = evaluate(cfg)
-        decision = promote(cfg)
+        promoted = promote_child(client, parent, best)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
+    client.set_terminated(parent, "FINISHED")
+    return {**summary, **promoted}
+
+
+def promote_child(client: Any, parent: str, child: Any) -> dict[str, Any]:
+    """Evaluate a sweep's or study's chosen child run and apply the promotion rule.
+
+    Uses the child's own config and outputs (its ``out_dir`` tag), so the evaluation is the
+    ``evaluate`` stage's and the decision the ``register`` stage's. Records the outcome on
+    the parent run.
+
+    Returns:
+        The child's run id and overrides, its test accuracy, and the registry decision.
+    """
+    from fmnist_mlops.errors import DataError
+    from fmnist_mlops.evaluation import evaluate
+    from fmnist_mlops.registry import promote
+
+    out = child.data.tags.get("out_dir")
+    if not out or not (Path(out) / CONFIG_FILE).is_file():
+        raise DataError(f"outputs of run {child.info.run_id} are gone ({out}): train it again")
+    cfg = OmegaConf.load(Path(out) / CONFIG_FILE)
+    cfg.paths.out = out
+    metrics = evaluate(cfg)
+    decision = promote(cfg)
+    overrides = child.data.tags.get("sweep.overrides", "")
     for key, value in {
-        "best_run_id": best.info.run_id,
-        "best_overrides": best.data.tags.get("sweep.overrides", ""),
+        "best_run_id": child.info.run_id,
+        "best_overrides": overrides,
         "registry.decision": "promoted" if decision["promote"] else "kept",
         "registry.version": str(decision["candidate_version"]),
     }.items():
@@ -177,12 +194,11 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
     for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
         client.log_metric(parent, f"best_{key}", float(metrics[key]))
     client.log_text(parent, json.dumps(decision, indent=2), "sweep/promotion.json")
-    client.set_terminated(parent, "FINISHED")
     return {
-        **summary,
-        "best_run_id": best.info.run_id,
-        "best_overrides": best.data.tags.get("sweep.overrides", ""),
+        "best_run_id": child.info.run_id,
+        "best_overrides": overrides,
         "test_accuracy": metrics["test_accuracy"],
+        "val_accuracy": metrics["val_accuracy"],
         "promoted": decision["promote"],
         "version": decision["candidate_version"],
     }

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ def fit(
     backup: resume.EpochBackupSpec | None = None,
     restored: resume.ResumeState | None = None,
     track: bool = True,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build, compile and fit the model; verify the restored weights are the best checkpoint's.
 
@@ -114,6 +116,7 @@ def fit(
         restored: A backup to continue from, instead of starting at epoch 0.
         track: Log per-epoch metrics to the active MLflow run (False: no MLflow at all, as in
             the benchmark's bare process).
+        extra_callbacks: More Keras callbacks, run after the project's own.
 
     Returns:
         The model (best weights), the per-epoch history and the best epoch (0-based).
@@ -182,6 +185,7 @@ def fit(
         )
     if track:
         callbacks.append(MlflowEpochLogger())
+    callbacks.extend(extra_callbacks)
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
@@ -261,11 +265,20 @@ def _write_history(hist: dict[str, list[float]], path: Path) -> None:
             writer.writerow([epoch, *(f"{hist[k][epoch]:.6f}" for k in EPOCH_METRICS)])
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict[str, Any]:
     """Train one model and track it in MLflow (the ``train`` stage and ad-hoc runs).
 
     Writes ``models/model.keras`` (best checkpoint), ``models/run.json`` (MLflow run id),
     ``reports/history.{csv,png}`` under ``paths.out`` (a scratch folder when it is null).
+
+    Args:
+        cfg: The composed config.
+        tags: Extra tags for the new MLflow run (the tuner nests its trials with them).
+        callbacks: Extra Keras callbacks for ``fit`` (the tuner's pruning callback).
 
     Returns:
         ``run_id``, ``best_epoch``, ``epochs_trained`` and the best epoch's ``val_loss`` /
@@ -290,8 +303,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         restored = None
     if restored is None:
         resume.clear(folder)
-        tags = {**tracking.run_tags("train"), **sweep.child_tags(), "out_dir": str(out)}
-        active = mlflow.start_run(tags=tags)
+        run_tags = {
+            **tracking.run_tags("train"),
+            **sweep.child_tags(),
+            **(tags or {}),
+            "out_dir": str(out),
+        }
+        active = mlflow.start_run(tags=run_tags)
     else:
         log.info(
             "train: resuming run %s after epoch %d (backup %s)",
@@ -306,7 +324,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
         try:
             record, summary, fit_seconds = _tracked_training(
-                cfg, splits, prepared, out, run, spec, restored
+                cfg, splits, prepared, out, run, spec, restored, callbacks
             )
         except Interrupted:
             mlflow.end_run(status="KILLED")
@@ -346,13 +364,13 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
             mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
-def _tracked_training(cfg, splits, prepared, out, run, spec, restored):
+def _tracked_training(cfg, splits, prepared, out, run, spec, restored, callbacks=()):
     """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds)."""
     run_id = run.info.run_id
     log.info("train: MLflow run %s, outputs in %s", run_id, out)
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
-        return _fit_and_log(cfg, splits, out, run_id, spec, restored)
+        return _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks)
     tracking.log_config(cfg)
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
@@ -368,12 +386,14 @@ def _tracked_training(cfg, splits, prepared, out, run, spec, restored):
             )
         mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 
-    return _fit_and_log(cfg, splits, out, run_id, spec, None)
+    return _fit_and_log(cfg, splits, out, run_id, spec, None, callbacks)
 
 
-def _fit_and_log(cfg, splits, out, run_id, spec, restored):
+def _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks=()):
     started = time.perf_counter()
-    _, hist, best_epoch = fit(cfg, splits, out, backup=spec, restored=restored)
+    _, hist, best_epoch = fit(
+        cfg, splits, out, backup=spec, restored=restored, extra_callbacks=callbacks
+    )
     fit_seconds = time.perf_counter() - started
 
     summary = {

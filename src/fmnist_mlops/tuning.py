@@ -1,0 +1,321 @@
+"""A resumable Optuna study over the config, each trial a nested MLflow run.
+
+``python src/tune.py tune.n_trials=20 tune.timeout_s=1800`` samples the search space in
+``conf/tune/`` (Hydra override keys: config values and group choices such as ``model``),
+composes each trial's config exactly as ``python src/train.py <overrides>`` would, and trains it
+with the project's ``train``. Trials are judged on validation data only (``registry.metric``,
+reported every epoch so the pruner can stop bad trials early). The study lives in an RDB
+(default: ``optuna.db`` next to ``mlflow.db``), so running the same command again resumes it and
+several processes, or machines with a PostgreSQL URL, can share it. At the end the best trial
+goes through the promotion rule of ``dvc repro``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_mlops import sweep, tracking
+from fmnist_mlops.config import compose, validate
+from fmnist_mlops.errors import ConfigError, Interrupted
+from fmnist_mlops.paths import store_root
+from fmnist_mlops.training import train
+
+log = logging.getLogger(__name__)
+
+PARENT_ATTR = "mlflow_parent_run_id"
+DIST_TYPES = ("categorical", "float", "int")
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def storage_url(tune_cfg: Any, base: DictConfig) -> str:
+    """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
+    if tune_cfg.storage:
+        return str(tune_cfg.storage)
+    folder = tracking.sqlite_dir(tracking.tracking_uri(base)) or store_root()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _override_value(value: Any) -> str:
+    """A sampled value as Hydra override text (lists compactly, as on a command line)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).replace(" ", "")
+
+
+def validate_tune(tune_cfg: Any) -> None:
+    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error."""
+    from pydantic import ValidationError
+
+    from fmnist_mlops.schema import TuneConfig, first_error
+
+    data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
+    try:
+        TuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(first_error(data, exc, TuneConfig)) from None
+    check_space(tune_cfg.space)
+
+
+def check_space(space: Any) -> None:
+    """Fail with one line on a malformed search-space entry."""
+    if not space:
+        raise ConfigError("tune.space is empty: expected at least one key to search")
+    for key, spec in space.items():
+        kind = spec.get("type")
+        if kind not in DIST_TYPES:
+            raise ConfigError(
+                f"tune.space.{key}.type={kind!r} is invalid: expected one of {DIST_TYPES}"
+            )
+        if kind == "categorical" and not spec.get("choices"):
+            raise ConfigError(f"tune.space.{key}.choices is missing: expected a non-empty list")
+        if kind in ("float", "int"):
+            low, high = spec.get("low"), spec.get("high")
+            if low is None or high is None or not low < high:
+                raise ConfigError(
+                    f"tune.space.{key}: low={low!r}, high={high!r} is invalid: "
+                    "expected numbers with low < high"
+                )
+
+
+def sample(trial: optuna.Trial, space: Any) -> list[str]:
+    """Draw one point of ``tune.space``; return it as Hydra overrides, in the space's order."""
+    overrides = []
+    for key, spec in space.items():
+        if spec.type == "categorical":
+            # Optuna stores str/int/float/bool; lists (e.g. filters) travel as override text.
+            choices = [
+                c if isinstance(c, bool | int | float | str) else _override_value(c)
+                for c in spec.choices
+            ]
+            value = trial.suggest_categorical(key, choices)
+        elif spec.type == "float":
+            value = trial.suggest_float(key, spec.low, spec.high, log=bool(spec.get("log")))
+        else:
+            value = trial.suggest_int(key, spec.low, spec.high, log=bool(spec.get("log")))
+        overrides.append(f"{key}={_override_value(value)}")
+    return overrides
+
+
+class OptunaPruning(keras.callbacks.Callback):
+    """Report the monitored validation metric every epoch; stop the fit when Optuna prunes."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial = trial
+        self.metric = metric
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
+        value = (logs or {}).get(self.metric)
+        if value is None:
+            return
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            self.model.stop_training = True
+
+
+def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
+    direction = "maximize" if base.registry.mode == "max" else "minimize"
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=int(tune_cfg.pruner.n_startup_trials),
+        n_warmup_steps=int(tune_cfg.pruner.n_warmup_steps),
+    )
+    sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed)
+    try:
+        return optuna.create_study(
+            study_name=tune_cfg.study_name,
+            storage=url,
+            direction=direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server
+        raise ConfigError(
+            f"tune.storage={tracking.hide_password(url)!r} is not usable ({type(exc).__name__}: "
+            f"{tracking.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB URL "
+            "such as sqlite:///path/optuna.db or postgresql://host/db"
+        ) from None
+
+
+def _parent_run(study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str) -> str:
+    """The study's MLflow parent run: created with the study, reopened when it resumes."""
+    experiment_id = tracking.setup(base)
+    client = MlflowClient()
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent and tracking.run_exists(parent):
+        client.update_run(parent, status="RUNNING")
+        return parent
+    run = client.create_run(
+        experiment_id,
+        run_name=f"tune {tune_cfg.study_name}",
+        tags={**tracking.run_tags("tune"), "optuna.study": tune_cfg.study_name},
+    )
+    parent = run.info.run_id
+    for key, value in {
+        "study_name": tune_cfg.study_name,
+        "storage": tracking.hide_password(url),
+        "direction": study.direction.name.lower(),
+        "metric": base.registry.metric,
+        "space": json.dumps(OmegaConf.to_container(tune_cfg.space)),
+    }.items():
+        client.log_param(parent, f"tune.{key}", value)
+    study.set_user_attr(PARENT_ATTR, parent)
+    return parent
+
+
+def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> dict[str, Any] | None:
+    """Optimisation-history plot, best params and counts on the parent run."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    for state, n in counts.items():
+        client.log_metric(parent, f"trials_{state}", n)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return None
+    best = study.best_trial
+    client.log_metric(parent, "best_value", best.value)
+    client.set_tag(parent, "best_trial", str(best.number))
+    client.set_tag(parent, "best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+    for key, value in best.params.items():
+        client.set_tag(parent, f"best_param.{key}", str(value))
+    client.log_text(
+        parent,
+        json.dumps({"trial": best.number, "value": best.value, "params": best.params}, indent=2),
+        "tune/best_params.json",
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
+        path = Path(tmp) / "optimization_history.png"
+        ax.figure.set_size_inches(8, 4.5)
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=110)
+        plt.close(ax.figure)
+        client.log_artifact(parent, str(path), "tune")
+    return {"trial": best.number, "value": best.value, "params": best.params}
+
+
+def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run (or resume) the study; promote its best trial.
+
+    Args:
+        cfg: The composed ``tune`` config: the project config plus ``tune``.
+        overrides: The command line's overrides; every trial composes its config from them
+            plus its sampled values (``tune.*`` overrides are the tuner's own).
+
+    Returns:
+        Counts of trials, the best trial, its MLflow run and the registry decision.
+    """
+    tune_cfg = cfg.tune
+    validate_tune(tune_cfg)
+    # Each trial loads its logged model once to check it; TF calls that "retracing".
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    base_overrides = [o for o in overrides if not o.lstrip("+~").startswith("tune")]
+    base = compose(base_overrides)
+    validate(base)
+    url = storage_url(tune_cfg, base)
+    study = _open_study(tune_cfg, base, url)
+    parent = _parent_run(study, base, tune_cfg, url)
+    client = MlflowClient()
+    log.info(
+        "tune: study %s in %s, MLflow parent run %s, %d trials so far",
+        tune_cfg.study_name,
+        tracking.hide_password(url),
+        parent,
+        len(study.trials),
+    )
+    started, attempts = time.monotonic(), 0
+    metric = base.registry.metric
+    try:
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+            if done >= tune_cfg.n_trials or attempts >= tune_cfg.n_trials:
+                break
+            if tune_cfg.timeout_s and time.monotonic() - started >= tune_cfg.timeout_s:
+                log.info("tune: timeout of %s s reached", tune_cfg.timeout_s)
+                break
+            attempts += 1
+            _run_trial(study, tune_cfg, base_overrides, parent, metric)
+    except Interrupted:
+        client.set_terminated(parent, "KILLED")
+        raise
+    best = _log_study(client, parent, study)
+    summary: dict[str, Any] = {
+        "study": tune_cfg.study_name,
+        "parent_run_id": parent,
+        "trials": {
+            s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+            for s in optuna.trial.TrialState
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    if best is None:
+        client.set_terminated(parent, "FAILED")
+        log.error("tune: no trial completed; nothing evaluated or registered")
+        return {**summary, "best": None}
+    run_id = study.best_trial.user_attrs["mlflow_run_id"]
+    try:
+        promoted = sweep.promote_child(client, parent, client.get_run(run_id))
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    return {**summary, "best": best, **promoted}
+
+
+def _run_trial(
+    study: optuna.Study, tune_cfg: Any, base_overrides: list[str], parent: str, metric: str
+) -> None:
+    trial = study.ask()
+    trial_overrides = sample(trial, tune_cfg.space)
+    log.info("tune: trial %d: %s", trial.number, " ".join(trial_overrides))
+    pruning = OptunaPruning(trial, metric)
+    tags = {
+        "mlflow.parentRunId": parent,
+        "mlflow.runName": f"trial {trial.number}",
+        "optuna.study": tune_cfg.study_name,
+        "optuna.trial": str(trial.number),
+        "sweep.overrides": " ".join(trial_overrides),
+    }
+    try:
+        cfg = compose([*base_overrides, *trial_overrides])
+        result = train(cfg, tags=tags, callbacks=[pruning])
+    except Interrupted:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as exc:  # a bad point of the space; the study goes on
+        log.error("tune: trial %d failed: %s", trial.number, exc)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    trial.set_user_attr("mlflow_run_id", result["run_id"])
+    trial.set_user_attr("out_dir", result["out_dir"])
+    sweep.record_finished(cfg, result)
+    if pruning.pruned_at is not None:
+        mlflow.MlflowClient().set_tag(result["run_id"], "optuna.state", "PRUNED")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        log.info("tune: trial %d pruned after epoch %d", trial.number, pruning.pruned_at)
+        return
+    mlflow.MlflowClient().set_tag(result["run_id"], "optuna.state", "COMPLETE")
+    study.tell(trial, float(result[metric]))
+    log.info("tune: trial %d %s %.4f", trial.number, metric, result[metric])

@@ -1,0 +1,23 @@
+"""Hyper-parameter search: ``python src/tune.py tune.n_trials=20 tune.timeout_s=1800``."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.tuning import tune  # noqa: E402
+
+
+@hydra.main(config_path="../conf", config_name="tune", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Run :func:`fmnist_mlops.tuning.tune` with the command line's overrides."""
+    overrides = list(HydraConfig.get().overrides.task)
+    run("tune", lambda c: tune(c, overrides), cfg)
+
+
+if __name__ == "__main__":
+    main()

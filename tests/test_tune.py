@@ -1,0 +1,175 @@
+"""The Optuna tuner: nested trials, pruning, a resumable study, promotion of the best trial."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from conftest import ROOT, venv_env
+from mlflow.tracking import MlflowClient
+
+from fmnist_mlops import tracking
+from fmnist_mlops.training import train
+from fmnist_mlops.tuning import OptunaPruning
+
+# Small enough for the smoke split: the default space with 3-epoch trials.
+TUNE_ARGS = (
+    "+experiment=smoke",
+    "train.verbose=0",
+    "train.epochs=3",
+    "tune.pruner.n_startup_trials=1",
+    "tune.pruner.n_warmup_steps=0",
+)
+
+
+def tune_cmd(tmp_path, prepared, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "src" / "tune.py"),
+        *TUNE_ARGS,
+        f"paths.prepared={prepared}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *args,
+    ]
+
+
+def run_tune(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        tune_cmd(tmp_path, prepared, *args),
+        cwd=ROOT,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def load_study(tmp_path) -> optuna.Study:
+    return optuna.load_study(study_name="fmnist-cnn", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_tuner_resumes_after_an_interrupt_nests_trials_and_promotes_the_best(
+    tmp_path, smoke_prepared
+):
+    # First run, interrupted (Ctrl-C) once a trial has finished.
+    proc = subprocess.Popen(
+        tune_cmd(tmp_path, smoke_prepared, "tune.n_trials=4"),
+        cwd=ROOT,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (tmp_path / "optuna.db").exists():
+            try:
+                if load_study(tmp_path).get_trials(states=finished):
+                    break
+            except KeyError:  # the study row is not there yet
+                continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    study = load_study(tmp_path)
+    done_before = len(study.get_trials(states=finished))
+    assert 1 <= done_before < 4
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    assert client.get_run(parent).info.status == "KILLED"
+
+    # The same command again resumes the same study and parent run up to 4 finished trials.
+    done = run_tune(tmp_path, smoke_prepared, "tune.n_trials=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    study = load_study(tmp_path)
+    trials = study.get_trials(states=finished)
+    assert len(trials) == 4 and summary["parent_run_id"] == parent
+    assert study.user_attrs["mlflow_parent_run_id"] == parent
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("stage") == "tune"]
+    assert [r.info.run_id for r in parents] == [parent]
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = {
+        r.data.tags["optuna.trial"]: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent
+    }
+    for trial in trials:
+        child = children[str(trial.number)]
+        assert child.info.run_id == trial.user_attrs["mlflow_run_id"]
+        assert child.data.tags["optuna.state"] == trial.state.name
+        # Every epoch's validation accuracy went to the pruner, as logged to MLflow.
+        logged = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert {m.step: m.value for m in logged} == trial.intermediate_values
+        for key, value in trial.params.items():
+            assert f"{key}={value}".replace(" ", "").lower() in child.data.tags[
+                "sweep.overrides"
+            ].lower().replace(" ", "")
+
+    # Parent: the optimisation-history plot and the best params; the best trial promoted.
+    artifacts = {a.path for a in client.list_artifacts(parent, "tune")}
+    assert artifacts == {"tune/optimization_history.png", "tune/best_params.json"}
+    best = study.best_trial
+    assert summary["best"]["trial"] == best.number
+    assert best.value == max(t.value for t in study.get_trials(states=(finished[0],)))
+    best_run = best.user_attrs["mlflow_run_id"]
+    assert client.get_run(parent).data.tags["best_run_id"] == best_run
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert champion.run_id == best_run
+    # The test set was used once, for the chosen trial only.
+    tested = [
+        r
+        for r in children.values()
+        if "test_accuracy" in client.get_run(r.info.run_id).data.metrics
+    ]
+    assert [r.info.run_id for r in tested] == [best_run]
+
+
+def test_pruning_callback_stops_a_trial_worse_than_the_median(smoke_cfg):
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+    )
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions={"x": dist},
+            value=0.99,
+            intermediate_values={0: 0.99, 1: 0.99, 2: 0.99},
+        )
+    )
+    trial = study.ask()
+    pruning = OptunaPruning(trial, "val_accuracy")
+    smoke_cfg.train.epochs = 3
+    result = train(smoke_cfg, callbacks=[pruning])
+    assert pruning.pruned_at == 0
+    assert result["epochs_trained"] == 1
+    assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [0]
+
+
+def test_bad_tuner_settings_fail_in_one_line_before_anything_is_written(tmp_path, smoke_prepared):
+    proc = run_tune(tmp_path, smoke_prepared, "tune.n_trials=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "tune: error: tune.n_trials=0 is invalid: expected an integer > 0"
+    )
+    proc = run_tune(
+        tmp_path, smoke_prepared, "tune.storage=postgresql://fm:s3cret@127.0.0.1:9/none"
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("tune: error: tune.storage='postgresql://***@127.0.0.1:9/none'")
+    assert "s3cret" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
