@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,11 @@ def test_make_repro_picks_up_a_conf_edit(smoke_project):
         venv.symlink_to(Path(sys.executable).parent.parent)  # reuse this interpreter's venv
         (venv / ".installed").touch(exist_ok=True)
     config = project / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("  - experiment: null", "  - experiment: smoke"))
+    text = config.read_text()
+    assert "  - mlflow: default\n" in text
+    config.write_text(
+        text.replace("  - mlflow: default\n", "  - mlflow: default\n  - experiment: smoke\n")
+    )
     smoke = project / "conf" / "experiment" / "smoke.yaml"
     smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
     sh(project, "make", "repro")
@@ -196,6 +201,81 @@ def test_temp_experiment_logs_to_the_repository_store(smoke_project):
     assert not list((project / ".dvc" / "tmp").glob("exps/*/mlflow.db"))
 
 
+def _exp_show(project: Path) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: what DVC recorded for it}."""
+    show = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    recorded = {}
+    for baseline in show[1:]:
+        for exp in baseline.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            recorded[exp["name"]] = {
+                "baseline": baseline["rev"],
+                "params": data["params"]["params.yaml"]["data"],
+                "metrics": data["metrics"]["reports/metrics.json"]["data"],
+            }
+    return recorded
+
+
+def test_queued_experiments_log_what_dvc_records_and_the_run_cache_adds_no_run(smoke_project):
+    project = smoke_project
+    before = {r.info.run_id for r in runs(project)}
+    for seed in (21, 22):
+        dvc(
+            project,
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            f"q-seed{seed}",
+            "-S",
+            "+experiment=smoke",
+            "-S",
+            f"seed={seed}",
+            "-S",
+            "train.lr=0.003",
+        )
+    dvc(project, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2, status
+
+    baseline = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    recorded = _exp_show(project)
+    client = client_for(project)
+    new = {r.data.tags["dvc_exp_name"]: r for r in runs(project) if r.info.run_id not in before}
+    assert set(new) == {"q-seed21", "q-seed22"}
+    for name, run in new.items():
+        dvc_says = recorded[name]
+        assert run.data.tags["dvc_baseline"] == dvc_says["baseline"] == baseline
+        assert dvc_says["metrics"]["run_id"] == run.info.run_id
+        # The values MLflow logged are the values DVC recorded.
+        for key in ("test_accuracy", "test_loss", "epochs_trained"):
+            assert run.data.metrics[key] == pytest.approx(dvc_says["metrics"][key]), key
+        assert run.data.metrics["eval_val_accuracy"] == pytest.approx(
+            dvc_says["metrics"]["val_accuracy"]
+        )
+        for key in ("seed", "train.lr", "train.epochs", "model.filters", "data.max_train"):
+            section, _, leaf = key.rpartition(".")
+            value = dvc_says["params"][section][leaf] if section else dvc_says["params"][key]
+            assert run.data.params[key] == str(value), key
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+    # Same params again: DVC restores every stage from its run cache; no new MLflow run, and
+    # reports/metrics.json still names the run that produced the result.
+    count = len(runs(project))
+    out = dvc(
+        project, "exp", "run", "-S", "+experiment=smoke", "-S", "seed=21", "-S", "train.lr=0.003"
+    ).stdout
+    assert "Stage 'train' is cached - skipping run" in out
+    assert len(runs(project)) == count
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["run_id"] == new["q-seed21"].info.run_id
+
+
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
     project = smoke_project
     assert dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
@@ -219,7 +299,6 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
     import os
     import signal
     import sqlite3
-    import time
 
     project = smoke_project
     versions = len(client_for(project).search_model_versions("name='fashion-mnist-cnn'"))
@@ -287,7 +366,6 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
 
 
 def test_a_second_dvc_repro_fails_cleanly_while_one_runs(smoke_project):
-    import time
 
     project = smoke_project
     first = subprocess.Popen(

@@ -106,3 +106,23 @@ def test_sweep_where_every_job_fails_exits_nonzero_and_registers_nothing(tmp_pat
     assert parent.info.status == "FAILED"
     assert sorted(r.info.status for r in runs if r is not parent) == ["FAILED", "FAILED"]
     assert client.search_registered_models() == []
+
+
+def test_parallel_jobs_through_the_joblib_launcher_nest_under_one_parent(tmp_path, smoke_prepared):
+    proc = sweep(
+        tmp_path,
+        smoke_prepared,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model.filters=[8],[8,16]",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(tmp_path)
+    runs = runs_of(client)
+    [parent] = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert len({r.data.tags["pid"] for r in children}) == 2, "two worker processes"
+    assert all(r.info.status == "FINISHED" for r in children)
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert champion.run_id == parent.data.tags["best_run_id"]
