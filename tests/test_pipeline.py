@@ -161,18 +161,22 @@ def test_make_repro_picks_up_a_conf_edit(smoke_project):
         venv.symlink_to(Path(sys.executable).parent.parent)  # reuse this interpreter's venv
         (venv / ".installed").touch(exist_ok=True)
     config = project / "conf" / "config.yaml"
-    text = config.read_text()
-    assert "  - mlflow: default\n" in text
-    config.write_text(
-        text.replace("  - mlflow: default\n", "  - mlflow: default\n  - experiment: smoke\n")
-    )
-    smoke = project / "conf" / "experiment" / "smoke.yaml"
-    smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
-    sh(project, "make", "repro")
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    run = client_for(project).get_run(metrics["run_id"])
-    assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1
+    try:
+        text = config.read_text()
+        assert "  - mlflow: default\n" in text
+        config.write_text(
+            text.replace("  - mlflow: default\n", "  - mlflow: default\n  - experiment: smoke\n")
+        )
+        smoke = project / "conf" / "experiment" / "smoke.yaml"
+        smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
+        sh(project, "make", "repro")
+        assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+        metrics = json.loads((project / "reports/metrics.json").read_text())
+        run = client_for(project).get_run(metrics["run_id"])
+        assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1
+    finally:
+        # Later tests compose conf/ (dvc exp run): give them the committed one back.
+        sh(project, "git", "checkout", "--", "conf")
 
 
 def test_temp_experiment_logs_to_the_repository_store(smoke_project):
