@@ -9,7 +9,7 @@ PORT ?= 5001
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test-deps params check-params repro test test-fast lint format bench ui report screenshots server serve serve-stop rollback clean-runs clean
+.PHONY: help install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
 
 bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
+
+tune: $(STAMP) data ## Optuna study (resumes; ARGS="tune.n_trials=20 tune.timeout_s=1800"), best trial -> promotion rule
+	$(BIN)/python src/tune.py $(ARGS)
 
 report: $(STAMP) ## Self-contained HTML report of @champion -> reports/champion.html
 	$(BIN)/python src/report.py

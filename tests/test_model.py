@@ -72,3 +72,42 @@ def test_mixed_bfloat16_computes_in_bfloat16_with_float32_weights_and_softmax(tm
 
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
     assert loaded.get_layer("conv2").compute_dtype == "bfloat16"
+
+
+def _variant(name: str, **extra):
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
+    for key, value in extra.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_vgg_variant_has_two_convs_per_block_and_block_dropout():
+    model = build_model(_variant("vgg"))
+    convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs == ["conv1_1", "conv1_2", "conv2_1", "conv2_2"]
+    assert model.get_layer("conv1_2").input.shape[1:] == (28, 28, 32)
+    assert model.get_layer("block1_dropout").rate == 0.25
+    assert model.get_layer("pool2").output.shape[1:] == (7, 7, 64)
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
+    assert model.count_params() > build_model(_variant("cnn")).count_params()
+
+
+def test_batch_norm_variant_normalises_every_conv_without_a_redundant_bias(tmp_path):
+    model = build_model(_variant("cnn_bn"), precision="mixed_bfloat16")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") == kinds.count("Conv2D") == 4
+    assert all(not model.get_layer(f"conv{b}_{c}").use_bias for b in (1, 2) for c in (1, 2))
+    # Saved and loaded like the reference network (no custom layers).
+    import keras
+
+    model.save(tmp_path / "bn.keras")
+    loaded = keras.saving.load_model(tmp_path / "bn.keras", safe_mode=True, compile=False)
+    x = np.random.default_rng(1).integers(0, 256, (3, 28, 28)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_global_average_head_and_a_third_block():
+    model = build_model(_variant("cnn", filters=[32, 64, 128], head="global_avg"))
+    assert model.get_layer("pool3").output.shape[1:] == (3, 3, 128)
+    assert model.get_layer("global_avg").output.shape[1:] == (128,)
+    assert model.get_layer("dense").input.shape[1:] == (128,)

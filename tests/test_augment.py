@@ -1,0 +1,92 @@
+"""On-the-fly augmentation: what each transform does, reproducibility, training batches only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from fmnist_mlops.augment import augment_batch, enabled, training_dataset
+
+
+def aug(**kw):
+    return OmegaConf.create({"flip": False, "shift": 0.0, "erase": 0.0, **kw})
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    x = np.zeros((64, 28, 28), "float32")
+    x[:, 8:20, 6:14] = rng.integers(1, 256, (64, 12, 8))  # an off-centre block on black
+    return x
+
+
+SEED = tf.constant([1, 2], tf.int64)
+
+
+def test_off_means_nothing_changes(images):
+    assert not enabled(aug()) and not enabled(None)
+    out = augment_batch(tf.constant(images), SEED, aug()).numpy()
+    np.testing.assert_array_equal(out, images)
+
+
+def test_flip_mirrors_about_half_the_images_left_right(images):
+    out = augment_batch(tf.constant(images), SEED, aug(flip=True)).numpy()
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
+    same = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(f or s for f, s in zip(flipped, same, strict=True))
+    assert 16 <= sum(flipped) <= 48
+
+
+def test_shift_translates_within_the_limit_and_keeps_the_garment(images):
+    out = augment_batch(tf.constant(images), SEED, aug(shift=0.1)).numpy()  # up to 3 px
+    moved = 0
+    for o, i in zip(out, images, strict=True):
+        # The block stays whole (it is >= 6 px from every edge): same pixels, same sum.
+        assert o.sum() == pytest.approx(i.sum())
+        rows, cols = np.nonzero(o)
+        dy, dx = rows.min() - 8, cols.min() - 6
+        assert abs(dy) <= 3 and abs(dx) <= 3
+        np.testing.assert_array_equal(o[8 + dy : 20 + dy, 6 + dx : 14 + dx], i[8:20, 6:14])
+        moved += (dy, dx) != (0, 0)
+    assert moved > 40
+
+
+def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
+    out = augment_batch(tf.constant(images), SEED, aug(erase=0.5)).numpy()
+    changed = 0
+    for o, i in zip(out, images, strict=True):
+        diff = np.argwhere(o != i)
+        if len(diff) == 0:
+            continue
+        changed += 1
+        (r0, c0), (r1, c1) = diff.min(0), diff.max(0)
+        area = (r1 - r0 + 1) * (c1 - c0 + 1)
+        assert area <= 0.25 * 784 * 1.3  # one bounded rectangle
+        assert o.min() >= 0 and o.max() <= 255
+    assert 16 <= changed <= 48
+
+
+def test_dataset_is_reproducible_differs_per_epoch_and_keeps_labels(images):
+    y = np.arange(64) % 10
+    cfg = aug(flip=True, shift=0.1, erase=0.3)
+    first = list(training_dataset(images, y, 16, seed=7, augment_cfg=cfg))
+    again = list(training_dataset(images, y, 16, seed=7, augment_cfg=cfg))
+    for (xa, ya), (xb, yb) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    ds = training_dataset(images, y, 64, seed=7, augment_cfg=cfg)
+    epoch1, epoch2 = (next(iter(ds)) for _ in range(2))
+    assert not np.array_equal(epoch1[0].numpy(), epoch2[0].numpy())
+    # Every image keeps its own label: image k is a block of value k + 1, labelled k.
+    marked = np.zeros((64, 28, 28), "float32")
+    for k in range(64):
+        marked[k, 8:20, 6:14] = k + 1
+    ds = training_dataset(marked, np.arange(64), 16, seed=3, augment_cfg=aug(flip=True, shift=0.1))
+    seen = []
+    for xb, yb in ds:
+        for image, label in zip(xb.numpy(), yb.numpy(), strict=True):
+            assert set(np.unique(image)) == {0.0, float(label + 1)}
+            seen.append(int(label))
+    assert sorted(seen) == list(range(64)) and seen != list(range(64))  # all, shuffled
