@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_mlops import sweep  # noqa: E402
+from fmnist_mlops import nesting  # noqa: E402
 from fmnist_mlops.cli import run  # noqa: E402
 from fmnist_mlops.training import train  # noqa: E402
 
@@ -15,7 +15,7 @@ from fmnist_mlops.training import train  # noqa: E402
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.training.train`; in a sweep (``-m``), keep going on errors."""
-    run("train", train, cfg, **sweep.job_hooks(cfg))
+    run("train", train, cfg, **nesting.job_hooks(cfg))
 
 
 if __name__ == "__main__":

@@ -20,86 +20,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_mlops import nesting
+
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "FMNIST_MLOPS_SWEEP_PARENT"
-JOB_ENV = "FMNIST_MLOPS_SWEEP_JOB"
-OVERRIDES_ENV = "FMNIST_MLOPS_SWEEP_OVERRIDES"
-CONFIG_FILE = Path("models/config.yaml")
 # registry.metric -> the train run's metric for it (the best epoch's value).
 CHILD_METRIC = {"val_accuracy": "best_val_accuracy", "val_loss": "best_val_loss"}
-
-
-def active() -> bool:
-    """True inside a job of a sweep (the callback has opened a parent run)."""
-    return bool(os.environ.get(PARENT_ENV))
-
-
-def child_tags() -> dict[str, str]:
-    """Tags nesting a run under the sweep's parent run (empty outside a sweep)."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return {}
-    overrides = os.environ.get(OVERRIDES_ENV, "")
-    return {
-        "mlflow.parentRunId": parent,
-        "sweep.job": os.environ.get(JOB_ENV, ""),
-        "sweep.overrides": overrides,
-        "mlflow.runName": overrides[:250] or "defaults",
-    }
 
 
 def _task_config(config: DictConfig) -> DictConfig:
     """The sweep's primary config without the ``hydra`` node, interpolations resolved."""
     cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-
-
-def job_hooks(cfg: DictConfig) -> dict[str, Any]:
-    """``cli.run`` hooks for a job of a sweep: keep going after a failure (empty otherwise)."""
-    if not active():
-        return {}
-    return {
-        "on_success": lambda result: record_finished(cfg, result),
-        "on_error": lambda exc: record_failure(cfg, exc),
-    }
-
-
-def record_finished(cfg: DictConfig, result: dict[str, Any]) -> None:
-    """Keep a finished job's config beside its outputs, for the end-of-sweep evaluation."""
-    out = Path(result["out_dir"])
-    (out / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def record_failure(cfg: DictConfig, exc: BaseException) -> None:
-    """Make sure a failed job shows up as a FAILED child, even if it failed before its run."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from fmnist_mlops import tracking
-
-    parent, job = os.environ[PARENT_ENV], os.environ.get(JOB_ENV, "")
-    try:
-        tracking.connect(tracking.tracking_uri(cfg))
-        client = MlflowClient()
-        experiment_id = client.get_run(parent).info.experiment_id
-        existing = client.search_runs(
-            [experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent}' and tags.`sweep.job` = '{job}'",
-        )
-        if existing:
-            run_id = existing[0].info.run_id
-            if existing[0].info.status not in ("FAILED", "KILLED"):
-                client.set_terminated(run_id, "FAILED")
-        else:
-            run_id = client.create_run(
-                experiment_id, tags={**tracking.run_tags("train"), **child_tags()}
-            ).info.run_id
-            client.set_terminated(run_id, "FAILED")
-        client.set_tag(run_id, "failure", str(exc)[:5000])
-    except mlflow.exceptions.MlflowException as err:  # the sweep goes on regardless
-        log.warning("sweep: could not record the failure of job %s: %s", job, err)
 
 
 def _best_child(client: Any, experiment_id: str, parent: str, metric: str, mode: str):
@@ -177,9 +109,9 @@ def promote_child(client: Any, parent: str, child: Any) -> dict[str, Any]:
     from fmnist_mlops.registry import promote
 
     out = child.data.tags.get("out_dir")
-    if not out or not (Path(out) / CONFIG_FILE).is_file():
+    if not out or not (Path(out) / nesting.CONFIG_FILE).is_file():
         raise DataError(f"outputs of run {child.info.run_id} are gone ({out}): train it again")
-    cfg = OmegaConf.load(Path(out) / CONFIG_FILE)
+    cfg = OmegaConf.load(Path(out) / nesting.CONFIG_FILE)
     cfg.paths.out = out
     metrics = evaluate(cfg)
     decision = promote(cfg)
@@ -257,20 +189,22 @@ class MlflowSweepCallback(Callback):
             tags={**tracking.run_tags("sweep"), "sweep.arguments": " ".join(sweep_args)},
         )
         self.parent = run.info.run_id
-        os.environ[PARENT_ENV] = self.parent
+        os.environ[nesting.PARENT_ENV] = self.parent
         log.info("sweep: MLflow parent run %s (%s)", self.parent, " ".join(sweep_args))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
-        if not self._ours(config) or not os.environ.get(PARENT_ENV):
+        if not self._ours(config) or not os.environ.get(nesting.PARENT_ENV):
             return
-        os.environ[JOB_ENV] = str(OmegaConf.select(config, "hydra.job.num"))
-        os.environ[OVERRIDES_ENV] = " ".join(OmegaConf.select(config, "hydra.overrides.task"))
+        os.environ[nesting.JOB_ENV] = str(OmegaConf.select(config, "hydra.job.num"))
+        os.environ[nesting.OVERRIDES_ENV] = " ".join(
+            OmegaConf.select(config, "hydra.overrides.task")
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
         if not self._ours(config) or self.parent is None:
             return
         parent, self.parent = self.parent, None
-        for key in (PARENT_ENV, JOB_ENV, OVERRIDES_ENV):
+        for key in (nesting.PARENT_ENV, nesting.JOB_ENV, nesting.OVERRIDES_ENV):
             os.environ.pop(key, None)
         summary = _or_exit(finish, _task_config(config), parent)
         print(json.dumps({"sweep": summary}, default=str))

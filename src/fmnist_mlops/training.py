@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, augment, resume, sweep, tracking
+from fmnist_mlops import CLASS_NAMES, augment, nesting, resume, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
@@ -305,7 +305,7 @@ def train(
         resume.clear(folder)
         run_tags = {
             **tracking.run_tags("train"),
-            **sweep.child_tags(),
+            **nesting.child_tags(),
             **(tags or {}),
             "out_dir": str(out),
         }

@@ -27,7 +27,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_mlops import sweep, tracking
+from fmnist_mlops import nesting, sweep, tracking
 from fmnist_mlops.config import compose, validate
 from fmnist_mlops.errors import ConfigError, Interrupted
 from fmnist_mlops.paths import store_root
@@ -310,7 +310,7 @@ def _run_trial(
         return
     trial.set_user_attr("mlflow_run_id", result["run_id"])
     trial.set_user_attr("out_dir", result["out_dir"])
-    sweep.record_finished(cfg, result)
+    nesting.record_finished(cfg, result)
     if pruning.pruned_at is not None:
         mlflow.MlflowClient().set_tag(result["run_id"], "optuna.state", "PRUNED")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)

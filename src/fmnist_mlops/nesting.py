@@ -1,0 +1,87 @@
+"""What a job of a sweep needs to know: its parent run, its overrides, how to end.
+
+Kept apart from :mod:`sweep` (which evaluates and registers at the end of a sweep) so that
+``train`` depends only on this small module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "FMNIST_MLOPS_SWEEP_PARENT"
+JOB_ENV = "FMNIST_MLOPS_SWEEP_JOB"
+OVERRIDES_ENV = "FMNIST_MLOPS_SWEEP_OVERRIDES"
+CONFIG_FILE = Path("models/config.yaml")
+
+
+def active() -> bool:
+    """True inside a job of a sweep (the callback has opened a parent run)."""
+    return bool(os.environ.get(PARENT_ENV))
+
+
+def child_tags() -> dict[str, str]:
+    """Tags nesting a run under the sweep's parent run (empty outside a sweep)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return {}
+    overrides = os.environ.get(OVERRIDES_ENV, "")
+    return {
+        "mlflow.parentRunId": parent,
+        "sweep.job": os.environ.get(JOB_ENV, ""),
+        "sweep.overrides": overrides,
+        "mlflow.runName": overrides[:250] or "defaults",
+    }
+
+
+def job_hooks(cfg: DictConfig) -> dict[str, Any]:
+    """``cli.run`` hooks for a job of a sweep: keep going after a failure (empty otherwise)."""
+    if not active():
+        return {}
+    return {
+        "on_success": lambda result: record_finished(cfg, result),
+        "on_error": lambda exc: record_failure(cfg, exc),
+    }
+
+
+def record_finished(cfg: DictConfig, result: dict[str, Any]) -> None:
+    """Keep a finished job's config beside its outputs, for the end-of-sweep evaluation."""
+    out = Path(result["out_dir"])
+    (out / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """Make sure a failed job shows up as a FAILED child, even if it failed before its run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from fmnist_mlops import tracking
+
+    parent, job = os.environ[PARENT_ENV], os.environ.get(JOB_ENV, "")
+    try:
+        tracking.connect(tracking.tracking_uri(cfg))
+        client = MlflowClient()
+        experiment_id = client.get_run(parent).info.experiment_id
+        existing = client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}' and tags.`sweep.job` = '{job}'",
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status not in ("FAILED", "KILLED"):
+                client.set_terminated(run_id, "FAILED")
+        else:
+            run_id = client.create_run(
+                experiment_id, tags={**tracking.run_tags("train"), **child_tags()}
+            ).info.run_id
+            client.set_terminated(run_id, "FAILED")
+        client.set_tag(run_id, "failure", str(exc)[:5000])
+    except mlflow.exceptions.MlflowException as err:  # the sweep goes on regardless
+        log.warning("sweep: could not record the failure of job %s: %s", job, err)
