@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, venv_env
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose, flatten, params_yaml, validate
 from fmnist_mlops.errors import ConfigError
@@ -185,3 +185,21 @@ def test_ad_hoc_runs_do_not_write_dvc_outputs():
 def test_unknown_config_group_option_is_refused():
     result = train_cli("model=resnet9000")
     assert result.returncode != 0 and "resnet9000" in result.stderr and "cnn" in result.stderr
+
+
+def test_best_experiment_is_selectable_from_the_train_command_line():
+    best = OmegaConf.load(ROOT / "conf" / "experiment" / "best.yaml")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "+experiment=best", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = OmegaConf.create(proc.stdout)
+    validate(job)
+    model_choice = next(d for d in best.defaults if "override /model" in str(d))
+    assert job.model.name == next(iter(model_choice.values()))
+    for key, value in best.train.items():
+        assert job.train[key] == value, key

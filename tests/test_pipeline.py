@@ -280,6 +280,30 @@ def test_queued_experiments_log_what_dvc_records_and_the_run_cache_adds_no_run(s
     assert metrics["run_id"] == new["q-seed21"].info.run_id
 
 
+def test_best_experiment_reaches_the_code_through_dvc_exp_run(smoke_project):
+    """`dvc exp run -S '+experiment=best'` (shrunk here to the smoke split and one epoch)."""
+    project = smoke_project
+    best = yaml.safe_load((project / "conf" / "experiment" / "best.yaml").read_text())
+    shrink = ["data.max_train=512", "data.max_val=256", "data.max_test=256", "train.epochs=1"]
+    dvc(project, "exp", "run", "-S", "+experiment=best", *(a for s in shrink for a in ("-S", s)))
+    recorded = yaml.safe_load((project / "params.yaml").read_text())
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    run = client_for(project).get_run(metrics["run_id"])
+    model = next(v for d in best["defaults"] for k, v in d.items() if k == "override /model")
+    assert recorded["model"]["name"] == run.data.params["model.name"] == model
+    for key, value in best["train"].items():
+        if key == "epochs":
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                assert recorded["train"][key][sub] == v
+                assert run.data.params[f"train.{key}.{sub}"] == str(v)
+        else:
+            assert recorded["train"][key] == value
+            assert run.data.params[f"train.{key}"] == str(value)
+    assert metrics["epochs_trained"] == 1
+
+
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
     project = smoke_project
     assert dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
