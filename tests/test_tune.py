@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import optuna
 from conftest import ROOT, venv_env
@@ -173,3 +174,39 @@ def test_bad_tuner_settings_fail_in_one_line_before_anything_is_written(tmp_path
     assert last.startswith("tune: error: tune.storage='postgresql://***@127.0.0.1:9/none'")
     assert "s3cret" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, postgres):
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    args = ("tune.n_trials=4", f"tune.study_name={name}", f"tune.storage={postgres}")
+    procs = [
+        subprocess.Popen(
+            tune_cmd(tmp_path, smoke_prepared, *args),
+            cwd=ROOT,
+            env=venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=name, storage=tracking.sqlalchemy_url(postgres))
+    finished = study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    # Each tuner checks the shared count before it starts a trial: at most one extra.
+    assert 4 <= len(finished) <= 5
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    [parent] = [r for r in runs if r.data.tags.get("stage") == "tune"]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(study.trials) == len(runs) - 1
+    assert len({r.data.tags["pid"] for r in children}) == 2, "both tuners ran trials"
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import store_root
-from fmnist_mlops.tracking import hide_password
+from fmnist_mlops.tracking import hide_password, sqlalchemy_url
 
 _SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
 
@@ -39,9 +39,7 @@ def backend_store_uri(uri: str | None = None) -> str:
             f"backend store {hide_password(uri)!r} is not supported; "
             "use sqlite:///<file> or postgresql://user:password@host:port/db"
         )
-    if uri.startswith("postgresql://"):
-        uri = "postgresql+psycopg://" + uri.removeprefix("postgresql://")
-    return uri
+    return sqlalchemy_url(uri)
 
 
 def check_reachable(uri: str) -> None:

@@ -120,6 +120,16 @@ def run_tags(stage: str) -> dict[str, str]:
 _SECRET_WORDS = ("password", "secret", "token", "access_key", "api_key", "credential")
 
 
+def sqlalchemy_url(uri: str) -> str:
+    """Rewrite ``postgresql://`` to ``postgresql+psycopg://``; other URLs are unchanged.
+
+    The project installs psycopg 3, which SQLAlchemy would not pick for a bare URL.
+    """
+    if uri.startswith("postgresql://"):
+        return "postgresql+psycopg://" + uri.removeprefix("postgresql://")
+    return uri
+
+
 def hide_password(text: str) -> str:
     """``scheme://user:password@host/...`` becomes ``scheme://***@host/...``; else unchanged."""
     if "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:

@@ -31,6 +31,7 @@ from fmnist_mlops import nesting, sweep, tracking
 from fmnist_mlops.config import compose, validate
 from fmnist_mlops.errors import ConfigError, Interrupted
 from fmnist_mlops.paths import store_root
+from fmnist_mlops.registry import registry_lock
 from fmnist_mlops.training import train
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRU
 def storage_url(tune_cfg: Any, base: DictConfig) -> str:
     """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
     if tune_cfg.storage:
-        return str(tune_cfg.storage)
+        return tracking.sqlalchemy_url(str(tune_cfg.storage))
     folder = tracking.sqlite_dir(tracking.tracking_uri(base)) or store_root()
     return f"sqlite:///{folder / 'optuna.db'}"
 
@@ -155,10 +156,21 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
 def _parent_run(study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str) -> str:
     """The study's MLflow parent run: created with the study, reopened when it resumes."""
     experiment_id = tracking.setup(base)
+    # Tuners started at once on one study must agree on one parent run: the first creates it
+    # under a lock (a file lock, or an advisory lock in the study's PostgreSQL database).
+    lock_url = url if url.startswith("postgresql") else None
+    with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url):
+        return _get_or_create_parent(study, base, tune_cfg, url, experiment_id)
+
+
+def _get_or_create_parent(
+    study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str, experiment_id: str
+) -> str:
     client = MlflowClient()
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent and tracking.run_exists(parent):
-        client.update_run(parent, status="RUNNING")
+        if client.get_run(parent).info.status != "RUNNING":
+            client.update_run(parent, status="RUNNING")
         return parent
     run = client.create_run(
         experiment_id,
