@@ -76,7 +76,9 @@ def decide(
 
 
 @contextlib.contextmanager
-def registry_lock(name: str, lock_url: str | None = None) -> Iterator[None]:
+def registry_lock(
+    name: str, lock_url: str | None = None, setting: str = "registry.lock_url"
+) -> Iterator[None]:
     """Serialise compare-and-move of ``@alias`` for model ``name``.
 
     Without ``lock_url``: an exclusive file lock next to the store (processes of one machine).
@@ -84,7 +86,7 @@ def registry_lock(name: str, lock_url: str | None = None) -> Iterator[None]:
     machines sharing one tracking server serialise too.
     """
     if lock_url:
-        yield from _pg_lock(name, lock_url)
+        yield from _pg_lock(name, lock_url, setting)
         return
     folder = store_root() / ".locks"
     folder.mkdir(exist_ok=True)
@@ -96,7 +98,7 @@ def registry_lock(name: str, lock_url: str | None = None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _pg_lock(name: str, url: str) -> Iterator[None]:
+def _pg_lock(name: str, url: str, setting: str) -> Iterator[None]:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
@@ -107,7 +109,7 @@ def _pg_lock(name: str, url: str) -> Iterator[None]:
         engine.dispose()
         where = engine.url.render_as_string(hide_password=True)
         first = str(exc.orig).strip().splitlines()[0]
-        raise RegistryError(f"registry.lock_url: cannot reach {where} ({first})") from None
+        raise RegistryError(f"{setting}: cannot reach {where} ({first})") from None
     try:
         key = sqlalchemy.text("select hashtextextended(:name, 0)")
         lock_id = conn.execute(key, {"name": f"fmnist-registry:{name}"}).scalar_one()

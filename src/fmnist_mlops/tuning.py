@@ -153,19 +153,10 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
         ) from None
 
 
-def _parent_run(study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str) -> str:
-    """The study's MLflow parent run: created with the study, reopened when it resumes."""
-    experiment_id = tracking.setup(base)
-    # Tuners started at once on one study must agree on one parent run: the first creates it
-    # under a lock (a file lock, or an advisory lock in the study's PostgreSQL database).
-    lock_url = url if url.startswith("postgresql") else None
-    with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url):
-        return _get_or_create_parent(study, base, tune_cfg, url, experiment_id)
-
-
 def _get_or_create_parent(
     study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str, experiment_id: str
 ) -> str:
+    """The study's MLflow parent run: created with the study, reopened when it resumes."""
     client = MlflowClient()
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent and tracking.run_exists(parent):
@@ -247,8 +238,14 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     base = compose(base_overrides)
     validate(base)
     url = storage_url(tune_cfg, base)
-    study = _open_study(tune_cfg, base, url)
-    parent = _parent_run(study, base, tune_cfg, url)
+    # Tuners started at once on one study must agree on it and on one parent run: the first
+    # creates them under a lock (a file lock, or an advisory lock in the study's PostgreSQL
+    # database). New Optuna tables and a new SQLite MLflow store would collide otherwise.
+    lock_url = url if url.startswith("postgresql") else None
+    with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
+        study = _open_study(tune_cfg, base, url)
+        experiment_id = tracking.setup(base)
+        parent = _get_or_create_parent(study, base, tune_cfg, url, experiment_id)
     client = MlflowClient()
     log.info(
         "tune: study %s in %s, MLflow parent run %s, %d trials so far",
