@@ -211,3 +211,36 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
     assert len({r.data.tags["pid"] for r in children}) == 2, "both tuners ran trials"
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+
+
+def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, smoke_prepared):
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops.config import compose
+    from fmnist_mlops.tuning import TuningFailed, tune
+
+    overrides = [
+        "+experiment=smoke",
+        f"paths.prepared={smoke_prepared}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    cfg = compose(overrides)
+    tune_cfg = OmegaConf.load(ROOT / "conf" / "tune" / "default.yaml")
+    tune_cfg.n_trials = 2
+    # kernel_size 9 is outside the schema's [1, 7]: every trial fails its validation.
+    tune_cfg.space = {"model.kernel_size": {"type": "categorical", "choices": [9]}}
+    OmegaConf.set_struct(cfg, False)
+    cfg.tune = tune_cfg
+    try:
+        tune(cfg, overrides)
+    except TuningFailed as exc:
+        assert "2 failed" in str(exc)
+    else:
+        raise AssertionError("expected TuningFailed")
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert client.search_registered_models() == []

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import nesting, sweep, tracking
 from fmnist_mlops.config import compose, validate
-from fmnist_mlops.errors import ConfigError, Interrupted
+from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.paths import store_root
 from fmnist_mlops.registry import registry_lock
 from fmnist_mlops.training import train
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 DIST_TYPES = ("categorical", "float", "int")
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class TuningFailed(ProjectError):
+    """No trial of the study completed."""
 
 
 def storage_url(tune_cfg: Any, base: DictConfig) -> str:
@@ -281,8 +285,10 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     }
     if best is None:
         client.set_terminated(parent, "FAILED")
-        log.error("tune: no trial completed; nothing evaluated or registered")
-        return {**summary, "best": None}
+        raise TuningFailed(
+            f"no trial of study {tune_cfg.study_name} completed ({summary['trials']['fail']} "
+            f"failed, {summary['trials']['pruned']} pruned): nothing evaluated or registered"
+        )
     run_id = study.best_trial.user_attrs["mlflow_run_id"]
     try:
         promoted = sweep.promote_child(client, parent, client.get_run(run_id))
