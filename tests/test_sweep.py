@@ -46,6 +46,7 @@ def runs_of(client: MlflowClient):
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow  # several real training processes
 def test_sweep_nests_children_survives_a_failed_job_and_promotes_the_best(tmp_path, smoke_prepared):
     before = set(p.name for p in ROOT.iterdir())
     proc = sweep(tmp_path, smoke_prepared, f"model.filters=[8],[8,16],{BAD_FILTERS}")
@@ -108,6 +109,7 @@ def test_sweep_where_every_job_fails_exits_nonzero_and_registers_nothing(tmp_pat
     assert client.search_registered_models() == []
 
 
+@pytest.mark.slow  # several real training processes
 def test_parallel_jobs_through_the_joblib_launcher_nest_under_one_parent(tmp_path, smoke_prepared):
     proc = sweep(
         tmp_path,

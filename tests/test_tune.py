@@ -10,6 +10,7 @@ import time
 import uuid
 
 import optuna
+import pytest
 from conftest import ROOT, venv_env
 from mlflow.tracking import MlflowClient
 
@@ -53,6 +54,7 @@ def load_study(tmp_path) -> optuna.Study:
     return optuna.load_study(study_name="fmnist-cnn", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
+@pytest.mark.slow  # several real training processes
 def test_tuner_resumes_after_an_interrupt_nests_trials_and_promotes_the_best(
     tmp_path, smoke_prepared
 ):
@@ -177,6 +179,7 @@ def test_bad_tuner_settings_fail_in_one_line_before_anything_is_written(tmp_path
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
 
 
+@pytest.mark.slow  # several real training processes
 def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, postgres):
     name = f"shared-{uuid.uuid4().hex[:8]}"
     args = ("tune.n_trials=4", f"tune.study_name={name}", f"tune.storage={postgres}")
