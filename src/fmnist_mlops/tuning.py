@@ -140,21 +140,29 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
         n_warmup_steps=int(tune_cfg.pruner.n_warmup_steps),
     )
     sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed)
-    try:
-        return optuna.create_study(
-            study_name=tune_cfg.study_name,
-            storage=url,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        )
-    except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server
-        raise ConfigError(
-            f"tune.storage={tracking.hide_password(url)!r} is not usable ({type(exc).__name__}: "
-            f"{tracking.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB URL "
-            "such as sqlite:///path/optuna.db or postgresql://host/db"
-        ) from None
+    for attempt in range(3):
+        try:
+            return optuna.create_study(
+                study_name=tune_cfg.study_name,
+                storage=url,
+                direction=direction,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server, a race
+            # Another program (a dashboard, a foreign tuner) may be creating the tables right
+            # now: an IntegrityError, worth another try. Anything else is the URL's fault.
+            if "IntegrityError" in repr(exc) and attempt < 2:
+                time.sleep(1.0)
+                continue
+            raise ConfigError(
+                f"tune.storage={tracking.hide_password(url)!r} is not usable "
+                f"({type(exc).__name__}: "
+                f"{tracking.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB "
+                "URL such as sqlite:///path/optuna.db or postgresql://host/db"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def _get_or_create_parent(
