@@ -26,15 +26,20 @@ def active() -> bool:
     return bool(os.environ.get(PARENT_ENV))
 
 
-def child_tags() -> dict[str, str]:
-    """Tags nesting a run under the sweep's parent run (empty outside a sweep)."""
-    parent = os.environ.get(PARENT_ENV)
+def child_tags(
+    parent: str | None = None, overrides: str | None = None, job: str | None = None
+) -> dict[str, str]:
+    """Tags nesting a run under a parent run: a sweep's (from the environment) or a study's.
+
+    Empty outside a sweep when no ``parent`` is given.
+    """
+    parent = parent or os.environ.get(PARENT_ENV)
     if not parent:
         return {}
-    overrides = os.environ.get(OVERRIDES_ENV, "")
+    overrides = overrides if overrides is not None else os.environ.get(OVERRIDES_ENV, "")
     return {
         "mlflow.parentRunId": parent,
-        "sweep.job": os.environ.get(JOB_ENV, ""),
+        "sweep.job": job if job is not None else os.environ.get(JOB_ENV, ""),
         "sweep.overrides": overrides,
         "mlflow.runName": overrides[:250] or "defaults",
     }

@@ -315,11 +315,10 @@ def _run_trial(
     log.info("tune: trial %d: %s", trial.number, " ".join(trial_overrides))
     pruning = OptunaPruning(trial, metric)
     tags = {
-        "mlflow.parentRunId": parent,
+        **nesting.child_tags(parent, " ".join(trial_overrides), job=str(trial.number)),
         "mlflow.runName": f"trial {trial.number}",
         "optuna.study": tune_cfg.study_name,
         "optuna.trial": str(trial.number),
-        "sweep.overrides": " ".join(trial_overrides),
     }
     try:
         cfg = compose([*base_overrides, *trial_overrides])
