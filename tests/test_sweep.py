@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, venv_env
@@ -15,8 +18,8 @@ from fmnist_mlops import tracking
 BAD_FILTERS = "[8,16,32,64,128]"  # five poolings do not fit 28x28: fails validation
 
 
-def sweep(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
+def sweep_command(tmp_path, prepared, *args: str) -> list[str]:
+    return [
         sys.executable,
         str(ROOT / "src" / "train.py"),
         "-m",
@@ -26,8 +29,11 @@ def sweep(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *args,
     ]
+
+
+def sweep(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd,
+        sweep_command(tmp_path, prepared, *args),
         cwd=ROOT,
         env=venv_env(TMPDIR=str(tmp_path)),
         capture_output=True,
@@ -128,3 +134,38 @@ def test_parallel_jobs_through_the_joblib_launcher_nest_under_one_parent(tmp_pat
     assert all(r.info.status == "FINISHED" for r in children)
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert champion.run_id == parent.data.tags["best_run_id"]
+
+
+def sweep_runs(db_path) -> list[tuple[str, str]]:
+    """(run_uuid, status) of every run, read-only, while the sweep may still be writing."""
+    if not db_path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("select run_uuid, status from runs").fetchall()
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return []
+
+
+def test_interrupted_sweep_leaves_no_run_running_and_registers_nothing(tmp_path, smoke_prepared):
+    cmd = sweep_command(
+        tmp_path, smoke_prepared, "seed=1,2,3", "train.epochs=200", "train.patience=200"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(TMPDIR=str(tmp_path)), stderr=subprocess.PIPE, text=True
+    )
+    # Ctrl-C once the first job's child run is training (parent + child in the store).
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(sweep_runs(tmp_path / "mlflow.db")) < 2:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    client = client_for(tmp_path)
+    runs = runs_of(client)
+    parent = next(r for r in runs if r.data.tags.get("stage") == "sweep")
+    assert parent.info.status == "KILLED"
+    assert "interrupted" in parent.data.tags["failure"]
+    assert [r.info.status for r in runs if r is not parent] == ["KILLED"]
+    assert client.search_registered_models() == []

@@ -10,6 +10,7 @@ data only) is evaluated and goes through the promotion rule of ``dvc repro``.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -190,7 +191,23 @@ class MlflowSweepCallback(Callback):
         )
         self.parent = run.info.run_id
         os.environ[nesting.PARENT_ENV] = self.parent
+        # Ctrl-C, SIGTERM or a crash skip on_multirun_end; the parent must not stay RUNNING.
+        atexit.register(self._abandon)
         log.info("sweep: MLflow parent run %s (%s)", self.parent, " ".join(sweep_args))
+
+    def _abandon(self) -> None:
+        """At exit before on_multirun_end: end the parent run KILLED, nothing registered."""
+        if self.parent is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        parent, self.parent = self.parent, None
+        try:
+            client = MlflowClient()
+            client.set_tag(parent, "failure", "sweep interrupted before its last job finished")
+            client.set_terminated(parent, "KILLED")
+        except Exception as exc:  # the store may be what failed; say so, exit anyway
+            print(f"sweep: could not end parent run {parent}: {exc}", file=sys.stderr)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
         if not self._ours(config) or not os.environ.get(nesting.PARENT_ENV):
