@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,21 @@ def copy_project(dest: Path) -> Path:
 
 def yaml_dict(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def read_only_rows(db_path: Path, sql: str) -> list[tuple]:
+    """Rows of ``sql`` from a SQLite file another process is writing ([] until it can answer).
+
+    Read-only on purpose: opening the store with Optuna or MLflow while the program under test
+    creates its tables would race it through their schema migrations.
+    """
+    if not db_path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return []
 
 
 def free_port() -> int:

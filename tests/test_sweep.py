@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import ROOT, venv_env
+from conftest import ROOT, read_only_rows, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import tracking
@@ -136,17 +135,6 @@ def test_parallel_jobs_through_the_joblib_launcher_nest_under_one_parent(tmp_pat
     assert champion.run_id == parent.data.tags["best_run_id"]
 
 
-def sweep_runs(db_path) -> list[tuple[str, str]]:
-    """(run_uuid, status) of every run, read-only, while the sweep may still be writing."""
-    if not db_path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("select run_uuid, status from runs").fetchall()
-    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
-        return []
-
-
 def test_interrupted_sweep_leaves_no_run_running_and_registers_nothing(tmp_path, smoke_prepared):
     cmd = sweep_command(
         tmp_path, smoke_prepared, "seed=1,2,3", "train.epochs=200", "train.patience=200"
@@ -156,7 +144,10 @@ def test_interrupted_sweep_leaves_no_run_running_and_registers_nothing(tmp_path,
     )
     # Ctrl-C once the first job's child run is training (parent + child in the store).
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(sweep_runs(tmp_path / "mlflow.db")) < 2:
+    while (
+        time.monotonic() < deadline
+        and len(read_only_rows(tmp_path / "mlflow.db", "select run_uuid from runs")) < 2
+    ):
         time.sleep(0.5)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import uuid
 
 import optuna
 import pytest
-from conftest import ROOT, venv_env
+from conftest import ROOT, read_only_rows, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import tracking
@@ -52,19 +51,10 @@ def run_tune(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
 
 
 def finished_trials(tmp_path) -> int:
-    """Finished trials, read-only: opening the study with Optuna while the tuner creates its
-    tables would race it through Optuna's schema migration."""
-    path = tmp_path / "optuna.db"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            (count,) = db.execute(
-                "select count(*) from trials where state in ('COMPLETE', 'PRUNED')"
-            ).fetchone()
-    except sqlite3.OperationalError:  # tables not there yet, or locked for a moment
-        return 0
-    return int(count)
+    rows = read_only_rows(
+        tmp_path / "optuna.db", "select count(*) from trials where state in ('COMPLETE', 'PRUNED')"
+    )
+    return rows[0][0] if rows else 0
 
 
 def load_study(tmp_path) -> optuna.Study:

@@ -221,6 +221,7 @@ class MlflowSweepCallback(Callback):
         if not self._ours(config) or self.parent is None:
             return
         parent, self.parent = self.parent, None
+        atexit.unregister(self._abandon)
         for key in (nesting.PARENT_ENV, nesting.JOB_ENV, nesting.OVERRIDES_ENV):
             os.environ.pop(key, None)
         summary = _or_exit(finish, _task_config(config), parent)

@@ -140,7 +140,8 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
         n_warmup_steps=int(tune_cfg.pruner.n_warmup_steps),
     )
     sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed)
-    for attempt in range(3):
+    attempts = 0
+    while True:
         try:
             return optuna.create_study(
                 study_name=tune_cfg.study_name,
@@ -151,9 +152,10 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
                 load_if_exists=True,
             )
         except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server, a race
+            attempts += 1
             # Another program (a dashboard, a foreign tuner) may be creating the tables right
             # now: an IntegrityError, worth another try. Anything else is the URL's fault.
-            if "IntegrityError" in repr(exc) and attempt < 2:
+            if "IntegrityError" in repr(exc) and attempts < 3:
                 time.sleep(1.0)
                 continue
             raise ConfigError(
@@ -162,7 +164,6 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
                 f"{tracking.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB "
                 "URL such as sqlite:///path/optuna.db or postgresql://host/db"
             ) from None
-    raise AssertionError("unreachable")
 
 
 def _get_or_create_parent(
