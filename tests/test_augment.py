@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from fmnist_mlops.augment import augment_batch, enabled, training_dataset
+from fmnist_mlops.augment import augment_batch, enabled
+from fmnist_mlops.feed import training_batches
 
 
 def aug(**kw):
@@ -68,25 +69,37 @@ def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
     assert 16 <= changed <= 48
 
 
+def epochs_of(x, y, batch_size, seed, cfg, n_epochs):
+    """The first ``n_epochs`` epochs of the endless training dataset, as lists of batches."""
+    ds, steps = training_batches(x, y, batch_size, seed, cfg)
+    it = iter(ds)
+    return [[next(it) for _ in range(steps)] for _ in range(n_epochs)]
+
+
 def test_dataset_is_reproducible_differs_per_epoch_and_keeps_labels(images):
     y = np.arange(64) % 10
     cfg = aug(flip=True, shift=0.1, erase=0.3)
-    first = list(training_dataset(images, y, 16, seed=7, augment_cfg=cfg))
-    again = list(training_dataset(images, y, 16, seed=7, augment_cfg=cfg))
-    for (xa, ya), (xb, yb) in zip(first, again, strict=True):
+    first = epochs_of(images, y, 16, 7, cfg, 2)
+    again = epochs_of(images, y, 16, 7, cfg, 2)
+    for (xa, ya), (xb, yb) in zip(sum(first, []), sum(again, []), strict=True):
         np.testing.assert_array_equal(xa.numpy(), xb.numpy())
         np.testing.assert_array_equal(ya.numpy(), yb.numpy())
-    ds = training_dataset(images, y, 64, seed=7, augment_cfg=cfg)
-    epoch1, epoch2 = (next(iter(ds)) for _ in range(2))
+    (epoch1,), (epoch2,) = epochs_of(images, y, 64, 7, cfg, 2)
     assert not np.array_equal(epoch1[0].numpy(), epoch2[0].numpy())
     # Every image keeps its own label: image k is a block of value k + 1, labelled k.
-    marked = np.zeros((64, 28, 28), "float32")
+    marked = np.zeros((64, 28, 28), "uint8")
     for k in range(64):
         marked[k, 8:20, 6:14] = k + 1
-    ds = training_dataset(marked, np.arange(64), 16, seed=3, augment_cfg=aug(flip=True, shift=0.1))
-    seen = []
-    for xb, yb in ds:
-        for image, label in zip(xb.numpy(), yb.numpy(), strict=True):
-            assert set(np.unique(image)) == {0.0, float(label + 1)}
-            seen.append(int(label))
-    assert sorted(seen) == list(range(64)) and seen != list(range(64))  # all, shuffled
+    for plain in (None, aug(flip=True, shift=0.1)):
+        orders = []
+        for epoch in epochs_of(marked, np.arange(64), 20, 3, plain, 2):
+            seen = []
+            for xb, yb in epoch:
+                assert xb.dtype == "float32"
+                for image, label in zip(xb.numpy(), yb.numpy(), strict=True):
+                    assert set(np.unique(image)) == {0.0, float(label + 1)}
+                    seen.append(int(label))
+            # Each epoch is every image once (the last batch of 4 included), shuffled.
+            assert sorted(seen) == list(range(64)) and seen != list(range(64))
+            orders.append(seen)
+        assert orders[0] != orders[1]  # reshuffled every epoch

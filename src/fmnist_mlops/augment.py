@@ -85,20 +85,3 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: Any) -> tf.Tensor:
     if augment_cfg.erase > 0:
         x = _erase(x, float(augment_cfg.erase), seeds[2])
     return x
-
-
-def training_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment_cfg: Any
-) -> tf.data.Dataset:
-    """Shuffled, augmented, prefetched training batches (reshuffled every epoch)."""
-    ds = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    # One stateless seed per batch, a different stream every epoch (but the same run to run).
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    ds = ds.map(
-        lambda batch, s: (augment_batch(batch[0], s, augment_cfg), batch[1]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return ds.prefetch(tf.data.AUTOTUNE)

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fmnist_mlops.errors import Interrupted, ProjectError
+from fmnist_mlops.errors import Interrupted, ProjectError, note_signal
 
 
 def setup_logging() -> None:
@@ -32,6 +32,7 @@ def setup_logging() -> None:
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    note_signal(signum)
     raise Interrupted(signum)
 
 

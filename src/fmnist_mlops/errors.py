@@ -29,3 +29,20 @@ class Interrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterru
 
         self.signum = signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+# The signal an entry point's handler received (None: none yet). The handler raises
+# Interrupted at once, but a raise that lands inside library code can be lost (a SIGINT during
+# ``fit`` once ended in a normal exit 0), so long loops also poll this.
+_received: list[int] = []
+
+
+def note_signal(signum: int) -> None:
+    """Remember that ``signum`` arrived (called by the entry points' signal handler)."""
+    _received.append(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived, even if its first raise was lost."""
+    if _received:
+        raise Interrupted(_received[0])

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, tracking
+from fmnist_mlops import CLASS_NAMES, feed, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.paths import (
@@ -44,7 +44,7 @@ def load_network(model_uri: str) -> keras.Model:
 
 def score(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
     """Return ``loss`` and ``accuracy`` of ``model`` on raw-pixel images ``x``."""
-    probs = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+    probs = model.predict(feed.inference_batches(x, batch_size), verbose=0)
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
     accuracy = float(np.mean(np.argmax(probs, axis=1) == y))

@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, augment, nesting, resume, tracking
+from fmnist_mlops import CLASS_NAMES, feed, nesting, resume, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
-from fmnist_mlops.errors import Interrupted, TrainingDiverged
+from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model
 from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
 from fmnist_mlops.plots import history_plot
@@ -34,6 +34,8 @@ from fmnist_mlops.plots import history_plot
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Validation is forward-only: bigger batches than training cost less per image.
+VAL_BATCH = 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -65,6 +67,19 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
+class StopOnSignal(keras.callbacks.Callback):
+    """Re-raise a SIGTERM/SIGINT at the next batch if its handler's own raise got lost."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
+        raise_if_interrupted()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
+        raise_if_interrupted()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
+        raise_if_interrupted()
+
+
 class FailOnNaN(keras.callbacks.Callback):
     """Stop at the first NaN/inf batch loss with an error, instead of training on garbage."""
 
@@ -81,7 +96,7 @@ class FailOnNaN(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(
                 f"loss became {float(loss)} at epoch {self.epoch} batch {batch}: "
-                f"train.lr={self.lr} is too high for this model (default 0.002)"
+                f"train.lr={self.lr} is too high for this model (default: conf/train/default.yaml)"
             )
 
 
@@ -157,7 +172,7 @@ def fit(
         restored=restored.early if restored else None,
         best_weights=best_weights,
     )
-    callbacks = [FailOnNaN(float(cfg.train.lr)), checkpoint, early]
+    callbacks = [StopOnSignal(), FailOnNaN(float(cfg.train.lr)), checkpoint, early]
     plateau = None
     if cfg.train.get("lr_plateau_factor"):
         # Cutting the step when the monitored metric stalls buys the last few tenths of a
@@ -190,29 +205,19 @@ def fit(
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
     batch_size = int(cfg.train.batch_size)
-    augment_cfg = cfg.train.get("augment")
-    if augment.enabled(augment_cfg):
-        # tf.data only when augmenting: for plain arrays Keras' own NumPy path is as fast.
-        train_data = {
-            "x": augment.training_dataset(
-                splits.x_train, splits.y_train, batch_size, int(cfg.seed), augment_cfg
-            ),
-            "shuffle": False,  # the dataset reshuffles itself every epoch
-        }
-    else:
-        train_data = {
-            "x": splits.x_train.astype("float32"),
-            "y": splits.y_train,
-            "batch_size": batch_size,
-        }
+    train_batches, steps = feed.training_batches(
+        splits.x_train, splits.y_train, batch_size, int(cfg.seed), cfg.train.get("augment")
+    )
     history = model.fit(
-        **train_data,
-        validation_data=(splits.x_val.astype("float32"), splits.y_val),
+        train_batches,
+        steps_per_epoch=steps,
+        validation_data=feed.inference_batches(splits.x_val, VAL_BATCH, splits.y_val),
         epochs=epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
         verbose=keras_verbosity(cfg.train.verbose),
     )
+    raise_if_interrupted()
     if restored is not None and restored.stopped:
         model.set_weights(best_weights)
     hist = {
