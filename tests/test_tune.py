@@ -248,3 +248,23 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FAILED"
     assert client.search_registered_models() == []
+
+
+def test_a_ctrl_c_between_ask_and_training_fails_the_trial_instead_of_leaving_it_running(
+    monkeypatch,
+):
+    # The resume test's Ctrl-C comes right after a trial finishes, i.e. often while the next
+    # one is being sampled or composed: that trial must end FAIL, not stay RUNNING forever.
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops import tuning
+    from fmnist_mlops.errors import Interrupted
+
+    def interrupted(trial, space):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(tuning, "sample", interrupted)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(Interrupted):
+        tuning._run_trial(study, OmegaConf.create({"space": {}}), [], "parent", "val_accuracy")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

@@ -312,6 +312,23 @@ def _run_trial(
     study: optuna.Study, tune_cfg: Any, base_overrides: list[str], parent: str, metric: str
 ) -> None:
     trial = study.ask()
+    try:
+        _evaluate_trial(study, trial, tune_cfg, base_overrides, parent, metric)
+    except Interrupted:
+        # Wherever the signal lands after ``ask`` (sampling, composing, training, logging), the
+        # trial must not stay RUNNING in the study; if it was already told, leave it as it is.
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        raise
+
+
+def _evaluate_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    tune_cfg: Any,
+    base_overrides: list[str],
+    parent: str,
+    metric: str,
+) -> None:
     trial_overrides = sample(trial, tune_cfg.space)
     log.info("tune: trial %d: %s", trial.number, " ".join(trial_overrides))
     pruning = OptunaPruning(trial, metric)
@@ -324,9 +341,6 @@ def _run_trial(
     try:
         cfg = compose([*base_overrides, *trial_overrides])
         result = train(cfg, tags=tags, callbacks=[pruning])
-    except Interrupted:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
     except Exception as exc:  # a bad point of the space; the study goes on
         log.error("tune: trial %d failed: %s", trial.number, exc)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
