@@ -211,6 +211,7 @@ def fit(
     history = model.fit(
         train_batches,
         steps_per_epoch=steps,
+        shuffle=False,  # the dataset reshuffles itself every epoch
         validation_data=feed.inference_batches(splits.x_val, VAL_BATCH, splits.y_val),
         epochs=epochs,
         initial_epoch=initial_epoch,
