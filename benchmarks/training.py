@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds, projects = [], []
         for n in range(args.repeats):
             if not args.skip_seed:
-                # The host's speed drifts by up to ~1.6x over minutes: each run is compared
+                # The host's speed drifts by up to ~1.7x within the hour: each run is compared
                 # with a ceiling measured right before it.
                 ceiling = matmul_ceiling("float32")
                 timed = run_seed(tmp, n)

@@ -7,6 +7,7 @@ is as reproducible with augmentation as without.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,10 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: Any) -> tf.Tensor:
     if augment_cfg.erase > 0:
         x = _erase(x, float(augment_cfg.erase), seeds[2])
     return x
+
+
+def batch_transform(augment_cfg: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
+    """:func:`augment_batch` bound to ``train.augment``, or None when it asks for nothing."""
+    if not enabled(augment_cfg):
+        return None
+    return lambda x, seed: augment_batch(x, seed, augment_cfg)

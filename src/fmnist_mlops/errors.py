@@ -31,7 +31,7 @@ class Interrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterru
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
-# The signal an entry point's handler received (None: none yet). The handler raises
+# The signals an entry point's handler received, in order of arrival. The handler raises
 # Interrupted at once, but a raise that lands inside library code can be lost (a SIGINT during
 # ``fit`` once ended in a normal exit 0), so long loops also poll this.
 _received: list[int] = []

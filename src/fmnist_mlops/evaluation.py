@@ -42,9 +42,9 @@ def load_network(model_uri: str) -> keras.Model:
         return mlflow_tensorflow.load_model(model_uri)
 
 
-def score(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
+def score(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
     """Return ``loss`` and ``accuracy`` of ``model`` on raw-pixel images ``x``."""
-    probs = model.predict(feed.inference_batches(x, batch_size), verbose=0)
+    probs = model.predict(feed.inference_batches(x), verbose=0)
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
     accuracy = float(np.mean(np.argmax(probs, axis=1) == y))

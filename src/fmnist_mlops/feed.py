@@ -10,15 +10,18 @@ are too small to need tuning: a gather of one batch of indices and a cast.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from fmnist_mlops import augment
-
 # Batches in flight ahead of the training step: enough to hide the gather and augmentation.
 PREFETCH = 2
+# Evaluate and predict are forward-only: bigger batches than training cost less per image.
+INFERENCE_BATCH = 1024
+
+# A training-batch transform: (images float32 (B, 28, 28), stateless seed [2]) -> images.
+Transform = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def _fixed(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -33,54 +36,57 @@ def training_batches(
     y: np.ndarray,
     batch_size: int,
     seed: int,
-    augment_cfg: Any = None,
+    transform: Transform | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches, reshuffled every epoch, and the number of batches per epoch.
 
     One iterator serves the whole ``fit`` (pass the count as ``steps_per_epoch``): an epoch is
     every image once, in a new order drawn from ``seed``, the last batch possibly smaller.
     Images stay in their stored dtype (uint8: a quarter of float32's memory) until each batch is
-    gathered and cast to float32; when ``train.augment`` asks for it, batches are augmented with
-    one stateless seed per batch (reproducible from ``seed``, different every epoch).
+    gathered and cast to float32; with a ``transform`` (augmentation), each batch goes through it
+    with its own stateless seed (reproducible from ``seed``, different every epoch).
 
     Args:
         x: Images ``(N, 28, 28)``, raw 0-255 pixels.
         y: Labels ``(N,)``.
         batch_size: Images per batch.
         seed: Shuffle and augmentation seed.
-        augment_cfg: ``train.augment`` (None or all off: no augmentation).
+        transform: Applied to every training batch (None: batches as they are).
 
     Returns:
         The dataset of ``(images float32, labels)`` batches and the batches per epoch.
     """
     n = len(x)
     images, labels = tf.constant(x), tf.constant(y)
+
+    def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)
+
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     order = order.batch(batch_size)
-    if augment.enabled(augment_cfg):
+    if transform is None:
+        ds = order.repeat().map(gather)
+    else:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((order, seeds)).repeat()
 
-        def gather(idx: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            batch = tf.cast(tf.gather(images, idx), tf.float32)
-            return augment.augment_batch(batch, s, augment_cfg), tf.gather(labels, idx)
+        def gather_and_transform(idx: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            batch, batch_labels = gather(idx)
+            return transform(batch, s), batch_labels
 
         # Two fixed workers: augmenting a batch costs about as much as half a training step.
-        ds = ds.map(gather, num_parallel_calls=2, deterministic=True)
-    else:
-        ds = order.repeat().map(
-            lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx))
-        )
+        ds = tf.data.Dataset.zip((order, seeds)).repeat()
+        ds = ds.map(gather_and_transform, num_parallel_calls=2, deterministic=True)
     return _fixed(ds.prefetch(PREFETCH)), math.ceil(n / batch_size)
 
 
 def inference_batches(
-    x: np.ndarray, batch_size: int, y: np.ndarray | None = None
+    x: np.ndarray, batch_size: int = INFERENCE_BATCH, y: np.ndarray | None = None
 ) -> tf.data.Dataset:
-    """Batches of ``x`` as float32 (with ``y`` when given) in order, for evaluate and predict."""
-    images = tf.data.Dataset.from_tensor_slices(x.astype(np.float32, copy=False))
+    """Batches of ``x`` cast to float32 (with ``y`` when given), in order: evaluate, predict."""
+    images = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    images = images.map(lambda batch: tf.cast(batch, tf.float32))
     if y is None:
         ds = images
     else:
-        ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(y)))
-    return _fixed(ds.batch(batch_size).prefetch(PREFETCH))
+        ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(y).batch(batch_size)))
+    return _fixed(ds.prefetch(PREFETCH))

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, feed, nesting, resume, tracking
+from fmnist_mlops import CLASS_NAMES, augment, feed, nesting, resume, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
@@ -34,8 +34,6 @@ from fmnist_mlops.plots import history_plot
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# Validation is forward-only: bigger batches than training cost less per image.
-VAL_BATCH = 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -71,9 +69,6 @@ class StopOnSignal(keras.callbacks.Callback):
     """Re-raise a SIGTERM/SIGINT at the next batch if its handler's own raise got lost."""
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
-        raise_if_interrupted()
-
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
         raise_if_interrupted()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
@@ -206,13 +201,17 @@ def fit(
         epochs = initial_epoch  # early stopping had already ended it; only finish up
     batch_size = int(cfg.train.batch_size)
     train_batches, steps = feed.training_batches(
-        splits.x_train, splits.y_train, batch_size, int(cfg.seed), cfg.train.get("augment")
+        splits.x_train,
+        splits.y_train,
+        batch_size,
+        int(cfg.seed),
+        augment.batch_transform(cfg.train.get("augment")),
     )
     history = model.fit(
         train_batches,
         steps_per_epoch=steps,
         shuffle=False,  # the dataset reshuffles itself every epoch
-        validation_data=feed.inference_batches(splits.x_val, VAL_BATCH, splits.y_val),
+        validation_data=feed.inference_batches(splits.x_val, y=splits.y_val),
         epochs=epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
