@@ -41,7 +41,7 @@ params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs wi
 check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
 	$(BIN)/python -m fmnist_mlops.config --check
 
-repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate -> register
+repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+ promotion)
 	source $(BIN)/activate && dvc repro
 
 test: $(STAMP) test-deps ## Run every test, the slow real-data pipeline ones included

@@ -1,4 +1,7 @@
-"""DVC stage ``evaluate``: test-set metrics and reports, logged to the train run."""
+"""DVC stage ``evaluate``: test-set metrics and reports in the train run, then the promotion rule.
+
+``python src/register.py`` runs the promotion rule alone.
+"""
 
 import os
 
@@ -8,13 +11,13 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops.cli import run  # noqa: E402
-from fmnist_mlops.evaluation import evaluate  # noqa: E402
+from fmnist_mlops.registry import evaluate_and_promote  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.evaluation.evaluate` with the composed config."""
-    run("evaluate", evaluate, cfg)
+    """Run :func:`fmnist_mlops.registry.evaluate_and_promote` with the composed config."""
+    run("evaluate", evaluate_and_promote, cfg)
 
 
 if __name__ == "__main__":

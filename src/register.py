@@ -1,4 +1,8 @@
-"""DVC stage ``register``: register the model, promote it to @champion if it is better."""
+"""Register the evaluated model, promote it to @champion if it is better.
+
+The DVC ``evaluate`` stage already does this after scoring; run this to repeat only the
+promotion (e.g. after a registry outage) for the model in ``paths.out``.
+"""
 
 import os
 
