@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
 
 from fmnist_mlops.config import compose
-from fmnist_mlops.model import build_model, compile_model
+from fmnist_mlops.model import build_model, compile_model, steps_per_execution
 
 
 def test_reference_architecture_and_parameter_count():
@@ -111,3 +112,9 @@ def test_global_average_head_and_a_third_block():
     assert model.get_layer("pool3").output.shape[1:] == (3, 3, 128)
     assert model.get_layer("global_avg").output.shape[1:] == (128,)
     assert model.get_layer("dense").input.shape[1:] == (128,)
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(188, 47), (375, 25), (8, 8), (191, 1), (1, 1)])
+def test_steps_per_execution_divides_the_epoch(steps, expected):
+    chunk = steps_per_execution(steps)
+    assert chunk == expected and steps % chunk == 0 and chunk <= 64

@@ -110,3 +110,28 @@ def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
     logged = client.download_artifacts(result["run_id"], "config.yaml", str(tmp_path))
     assert "hunter2" not in Path(logged).read_text()
     assert "hunter2" not in json.dumps(run.data.tags)
+
+
+def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_prepared):
+    """Several steps run per call into TensorFlow, yet an epoch stays one pass over the data."""
+    from fmnist_mlops.data import load_prepared
+    from fmnist_mlops.training import fit
+
+    cfg = smoke_config(tmp_path, smoke_prepared, "train.batch_size=32", "train.epochs=2")
+    splits = load_prepared(smoke_prepared)
+    steps = len(splits.x_train) // 32  # 512 images: 16 full batches
+
+    class LastBatch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.calls = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.calls.append(batch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((self.calls[-1], len(self.calls)))
+
+    seen: list[tuple[int, int]] = []
+    model, _, _ = fit(cfg, splits, tmp_path / "out", track=False, extra_callbacks=[LastBatch()])
+    assert model.steps_per_execution > 1
+    assert seen == [(steps - 1, steps // model.steps_per_execution)] * 2

@@ -31,6 +31,11 @@ def _fixed(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one pass over ``n`` images (the last one possibly smaller)."""
+    return math.ceil(n / batch_size)
+
+
 def training_batches(
     x: np.ndarray,
     y: np.ndarray,
@@ -76,7 +81,7 @@ def training_batches(
         # Two fixed workers: augmenting a batch costs about as much as half a training step.
         ds = tf.data.Dataset.zip((order, seeds)).repeat()
         ds = ds.map(gather_and_transform, num_parallel_calls=2, deterministic=True)
-    return _fixed(ds.prefetch(PREFETCH)), math.ceil(n / batch_size)
+    return _fixed(ds.prefetch(PREFETCH)), batches_per_epoch(n, batch_size)
 
 
 def inference_batches(

@@ -27,7 +27,7 @@ from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
-from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model
+from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model, steps_per_execution
 from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
 from fmnist_mlops.plots import history_plot
 
@@ -137,10 +137,17 @@ def fit(
     checkpoint_path = out / MODEL_FILE
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     monitor = cfg.train.monitor
+    batch_size = int(cfg.train.batch_size)
+    steps = feed.batches_per_epoch(len(splits.x_train), batch_size)
     with strategy.scope():
         if restored is None:
-            model = compile_model(build_model(cfg.model, cfg.train.precision), cfg.train)
+            model = compile_model(
+                build_model(cfg.model, cfg.train.precision),
+                cfg.train,
+                steps_per_execution(steps),
+            )
         else:
+            # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
     if track and mlflow.active_run() is not None:
         mlflow.set_tag("distribute.replicas", str(strategy.num_replicas_in_sync))
@@ -199,8 +206,7 @@ def fit(
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
-    batch_size = int(cfg.train.batch_size)
-    train_batches, steps = feed.training_batches(
+    train_batches, _ = feed.training_batches(
         splits.x_train,
         splits.y_train,
         batch_size,
