@@ -53,7 +53,7 @@ def test_committed_params_yaml_is_what_conf_composes():
 
 def test_check_mode_detects_stale_params(tmp_path):
     stale = tmp_path / "params.yaml"
-    stale.write_text(params_yaml(config_dir=ROOT / "conf").replace("patience: 3", "patience: 7"))
+    stale.write_text(params_yaml(config_dir=ROOT / "conf").replace("patience: 2", "patience: 7"))
     cmd = [sys.executable, "-m", "fmnist_mlops.config", "--check", "--output", str(stale)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env())
     assert result.returncode == 1 and "stale" in result.stdout
