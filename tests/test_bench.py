@@ -52,3 +52,26 @@ def test_runs_that_never_reach_the_target_count_as_slowest():
     assert stat["median"] == 30.0 and (stat["min"], stat["max"]) == (10.0, 30.0)
     assert _fmt(stat) == "30.0 (1 of 3 runs never)"
     assert _fmt(_mid([10.0, 12.0, 11.0])) == "11.0 (10.0–12.0)"
+
+
+def test_ratios_are_taken_within_each_repeat():
+    from training import per_repeat_ratios
+
+    def run(to_92, to_91, per_epoch, wall):
+        return {
+            "seconds_to_val_0.92": to_92,
+            "seconds_to_val_0.91": to_91,
+            "seconds_per_epoch": per_epoch,
+            "wall_s": wall,
+        }
+
+    # The host ran twice as fast in the second repeat: per-repeat ratios stay 0.5 / 0.25.
+    seeds = [run(None, 80.0, 20.0, 200.0), run(40.0, 40.0, 10.0, 100.0)]
+    projects = [run(40.0, 40.0, 10.0, 100.0), run(10.0, 10.0, 5.0, 50.0)]
+    pipes = [{"repro_s": 100.0}, {"repro_s": 50.0}]
+    ratios = per_repeat_ratios(seeds, projects, pipes)
+    assert ratios["seed_reached_0.92"] == 1
+    assert ratios["to_val_0.92"]["median"] == 0.25 and ratios["to_val_0.92"]["n"] == 1
+    assert ratios["to_val_0.91"]["median"] == pytest.approx(0.375)
+    assert ratios["per_epoch"]["median"] == 0.5
+    assert ratios["repro_over_seed_script"]["median"] == 0.5
