@@ -75,3 +75,10 @@ def test_ratios_are_taken_within_each_repeat():
     assert ratios["to_val_0.91"]["median"] == pytest.approx(0.375)
     assert ratios["per_epoch"]["median"] == 0.5
     assert ratios["repro_over_seed_script"]["median"] == 0.5
+
+
+def test_an_epochs_flops_count_its_validation_forwards():
+    from training import epoch_gflop
+
+    # 48,000 training images at 24.47 MFLOP, 12,000 validation images at 8.306 MFLOP each.
+    assert epoch_gflop(24.47, 8.306) == pytest.approx(1174.56 + 99.67, abs=0.01)
