@@ -41,7 +41,8 @@ def skip_exit_collection() -> None:
     stage's wall time on the reference machine. Freezing the heap in an exit handler skips that
     walk; the other exit handlers and the flushing of files and streams still run.
     """
-    atexit.register(gc.freeze)  # registered first, so it runs after the other exit handlers
+    atexit.unregister(gc.freeze)  # once per process, however many jobs a sweep runs
+    atexit.register(gc.freeze)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
