@@ -139,13 +139,12 @@ def fit(
     monitor = cfg.train.monitor
     batch_size = int(cfg.train.batch_size)
     steps = feed.batches_per_epoch(len(splits.x_train), batch_size)
+    # Keras' multi-step loop fails under tf.distribute strategies (an unfed placeholder in
+    # its while loop, Keras 3.15): one step per call there.
+    per_call = steps_per_execution(steps) if cfg.train.distribute == "none" else 1
     with strategy.scope():
         if restored is None:
-            model = compile_model(
-                build_model(cfg.model, cfg.train.precision),
-                cfg.train,
-                steps_per_execution(steps),
-            )
+            model = compile_model(build_model(cfg.model, cfg.train.precision), cfg.train, per_call)
         else:
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
