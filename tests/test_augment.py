@@ -8,7 +8,7 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from fmnist_mlops.augment import augment_batch, batch_transform, enabled
-from fmnist_mlops.feed import training_batches
+from fmnist_mlops.feed import batches_per_epoch, training_batches
 
 
 def aug(**kw):
@@ -71,7 +71,8 @@ def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
 
 def epochs_of(x, y, batch_size, seed, cfg, n_epochs):
     """The first ``n_epochs`` epochs of the endless training dataset, as lists of batches."""
-    ds, steps = training_batches(x, y, batch_size, seed, batch_transform(cfg))
+    ds = training_batches(x, y, batch_size, seed, batch_transform(cfg))
+    steps = batches_per_epoch(len(x), batch_size)
     it = iter(ds)
     return [[next(it) for _ in range(steps)] for _ in range(n_epochs)]
 

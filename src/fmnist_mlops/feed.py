@@ -42,14 +42,15 @@ def training_batches(
     batch_size: int,
     seed: int,
     transform: Transform | None = None,
-) -> tuple[tf.data.Dataset, int]:
-    """Endless training batches, reshuffled every epoch, and the number of batches per epoch.
+) -> tf.data.Dataset:
+    """Endless training batches, reshuffled every epoch.
 
-    One iterator serves the whole ``fit`` (pass the count as ``steps_per_epoch``): an epoch is
-    every image once, in a new order drawn from ``seed``, the last batch possibly smaller.
-    Images stay in their stored dtype (uint8: a quarter of float32's memory) until each batch is
-    gathered and cast to float32; with a ``transform`` (augmentation), each batch goes through it
-    with its own stateless seed (reproducible from ``seed``, different every epoch).
+    One iterator serves the whole ``fit`` (pass :func:`batches_per_epoch` as
+    ``steps_per_epoch``): an epoch is every image once, in a new order drawn from ``seed``, the
+    last batch possibly smaller. Images stay in their stored dtype (uint8: a quarter of
+    float32's memory) until each batch is gathered and cast to float32; with a ``transform``
+    (augmentation), each batch goes through it with its own stateless seed (reproducible from
+    ``seed``, different every epoch).
 
     Args:
         x: Images ``(N, 28, 28)``, raw 0-255 pixels.
@@ -59,7 +60,7 @@ def training_batches(
         transform: Applied to every training batch (None: batches as they are).
 
     Returns:
-        The dataset of ``(images float32, labels)`` batches and the batches per epoch.
+        The dataset of ``(images float32, labels)`` batches.
     """
     n = len(x)
     images, labels = tf.constant(x), tf.constant(y)
@@ -81,7 +82,7 @@ def training_batches(
         # Two fixed workers: augmenting a batch costs about as much as half a training step.
         ds = tf.data.Dataset.zip((order, seeds)).repeat()
         ds = ds.map(gather_and_transform, num_parallel_calls=2, deterministic=True)
-    return _fixed(ds.prefetch(PREFETCH)), batches_per_epoch(n, batch_size)
+    return _fixed(ds.prefetch(PREFETCH))
 
 
 def inference_batches(

@@ -205,7 +205,7 @@ def fit(
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
-    train_batches, _ = feed.training_batches(
+    train_batches = feed.training_batches(
         splits.x_train,
         splits.y_train,
         batch_size,
