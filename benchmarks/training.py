@@ -109,9 +109,7 @@ def epoch_gflop(train_mflop: float, forward_mflop: float) -> float:
     return (TRAIN_IMAGES * train_mflop + VAL_IMAGES * forward_mflop) / 1e3
 
 
-def training_figures(
-    timed: dict, train_mflop: float, ceiling: float, forward_mflop: float = 0.0
-) -> dict:
+def training_figures(timed: dict, train_mflop: float, ceiling: float, forward_mflop: float) -> dict:
     epochs = epochs_from(timed["lines"])
     reached = next((t for t, v in epochs if v >= TARGET_VAL), None)
     intervals = [b[0] - a[0] for a, b in zip(epochs, epochs[1:], strict=False)]
@@ -296,26 +294,18 @@ def per_repeat_ratios(seeds: list[dict], projects: list[dict], pipes: list[dict]
 
     Time to val >= 0.92 is compared only in repeats where the seed got there at all.
     """
-    to_92 = [
-        p["seconds_to_val_0.92"] / s["seconds_to_val_0.92"]
-        for s, p in zip(seeds, projects, strict=True)
-        if s["seconds_to_val_0.92"] and p["seconds_to_val_0.92"]
-    ]
-    to_91 = [
-        p["seconds_to_val_0.91"] / s["seconds_to_val_0.91"]
-        for s, p in zip(seeds, projects, strict=True)
-        if s["seconds_to_val_0.91"] and p["seconds_to_val_0.91"]
-    ]
+
+    def ratios(key: str) -> dict | None:
+        values = [
+            p[key] / s[key] for s, p in zip(seeds, projects, strict=True) if s[key] and p[key]
+        ]
+        return _mid(values) if values else None
+
     return {
-        "to_val_0.92": _mid(to_92) if to_92 else None,
+        "to_val_0.92": ratios("seconds_to_val_0.92"),
         "seed_reached_0.92": sum(bool(s["seconds_to_val_0.92"]) for s in seeds),
-        "to_val_0.91": _mid(to_91) if to_91 else None,
-        "per_epoch": _mid(
-            [
-                p["seconds_per_epoch"] / s["seconds_per_epoch"]
-                for s, p in zip(seeds, projects, strict=True)
-            ]
-        ),
+        "to_val_0.91": ratios("seconds_to_val_0.91"),
+        "per_epoch": ratios("seconds_per_epoch"),
         "repro_over_seed_script": _mid(
             [q["repro_s"] / s["wall_s"] for s, q in zip(seeds, pipes, strict=False)]
         )
@@ -468,7 +458,6 @@ def main(argv: list[str] | None = None) -> int:
                 "repro_over_bare": _mid([p["repro_s"] / p["bare_s"] for p in pipes]),
                 "bare_test_accuracy": [p["bare_test_accuracy"] for p in pipes],
                 "noop_dvc_repro_s": _mid([p["noop_s"] for p in pipes]),
-                "seed_script_s": seed_sum["wall_s"] if seed_sum else None,
             }
         result["mlflow_ms_per_epoch"] = mlflow_cost(tmp)
 
