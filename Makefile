@@ -89,5 +89,6 @@ rollback: $(STAMP) ## Move @champion back to the previous champion
 clean-runs: $(STAMP) ## Collect deleted MLflow runs, stale backups, old DVC experiments and cache (keeps @champion)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.housekeeping
 
-clean: ## Remove scratch outputs of ad-hoc runs (keeps mlflow.db, mlruns/ and DVC outputs)
-	rm -rf outputs multirun /tmp/fmnist-train-*
+clean: $(STAMP) ## Remove this checkout's scratch folders of finished ad-hoc runs (live runs' stay; MLflow and DVC outputs are kept)
+	rm -rf outputs multirun
+	$(BIN)/python -m fmnist_mlops.scratch

@@ -51,9 +51,22 @@ def smoke_config(tmp: Path, prepared: Path, *overrides: str):
     with open_dict(cfg):
         cfg.paths.prepared = str(prepared)
         cfg.paths.out = str(tmp / "out")
+        cfg.paths.scratch = str(tmp / "scratch")
         cfg.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
         cfg.train.verbose = 0
     return cfg
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    """The checkout under test."""
+    return ROOT
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for the project's commands run as subprocesses (see :func:`venv_env`)."""
+    return venv_env()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, venv_env
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from fmnist_mlops.config import compose, flatten, params_yaml, validate
 from fmnist_mlops.errors import ConfigError
@@ -173,13 +175,22 @@ def test_stage_params_exist_in_params_yaml():
 
 def test_ad_hoc_runs_do_not_write_dvc_outputs():
     cfg = compose(config_dir=ROOT / "conf")
-    assert cfg.paths.out is None
-    with open_dict(cfg):
-        cfg.paths.out = None
-    from fmnist_mlops.paths import out_dir
+    assert cfg.paths.out is None and cfg.paths.scratch == "scratch"
+    from fmnist_mlops.scratch import out_dir
 
-    scratch = out_dir(cfg.paths.out, "train")
-    assert ROOT not in scratch.parents
+    scratch = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
+    try:
+        # Inside the checkout (its own cache), in a folder neither git nor DVC tracks.
+        assert scratch.parent == ROOT / "scratch"
+        for ignore in (".gitignore", ".dvcignore"):
+            assert "/scratch/" in (ROOT / ignore).read_text().splitlines()
+        stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+        dvc_outs = [o for stage in stages.values() for o in stage["outs"]]
+        assert not any(Path(o).parts[0] == "scratch" for o in dvc_outs)
+    finally:
+        shutil.rmtree(scratch)
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()  # only if this test made it
 
 
 def test_unknown_config_group_option_is_refused():

@@ -18,6 +18,7 @@ def train_cli(tmp_path, prepared, *overrides: str) -> dict:
             str(ROOT / "src" / "train.py"),
             "+experiment=smoke",
             f"paths.prepared={prepared}",
+            f"paths.scratch={tmp_path / 'scratch'}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "train.verbose=0",
             *overrides,

@@ -35,6 +35,7 @@ def start_training(
         f"train.patience={epochs}",
         "train.batch_size=16",
         f"paths.prepared={prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri={uri}",
     ]
     proc = subprocess.Popen(
@@ -125,6 +126,7 @@ def test_nan_loss_exits_non_zero_from_the_command_line(tmp_path, smoke_prepared)
             "+experiment=smoke",
             "train.lr=1e8",
             f"paths.prepared={smoke_prepared}",
+            f"paths.scratch={tmp_path / 'scratch'}",
             f"mlflow.tracking_uri={uri}",
         ],
         cwd=ROOT,

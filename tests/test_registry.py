@@ -112,6 +112,7 @@ def start_register(cfg, prepared, uri, lock_url=None):
         "+experiment=smoke",
         f"paths.out={cfg.paths.out}",
         f"paths.prepared={prepared}",
+        f"paths.scratch={cfg.paths.scratch}",
         f"mlflow.tracking_uri={uri}",
     ]
     if lock_url:

@@ -42,6 +42,7 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
         "train.patience=30",
         "train.batch_size=16",
         f"paths.prepared={smoke_prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri={uri}",
     ]
     proc = subprocess.Popen(

@@ -25,6 +25,7 @@ def sweep_command(tmp_path, prepared, *args: str) -> list[str]:
         "+experiment=smoke",
         "train.verbose=0",
         f"paths.prepared={prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *args,
     ]

@@ -34,6 +34,7 @@ def tune_cmd(tmp_path, prepared, *args: str) -> list[str]:
         str(ROOT / "src" / "tune.py"),
         *TUNE_ARGS,
         f"paths.prepared={prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *args,
     ]
@@ -226,6 +227,7 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
     overrides = [
         "+experiment=smoke",
         f"paths.prepared={smoke_prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
     cfg = compose(overrides)

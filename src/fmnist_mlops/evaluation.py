@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -22,11 +22,14 @@ from fmnist_mlops.paths import (
     MODEL_FILE,
     PER_CLASS_JSON,
     PREDICTIONS_CSV,
+    RUN_FILE,
     read_run,
     resolve,
     stage_dir,
+    write_json,
 )
 from fmnist_mlops.plots import confusion_plot, misclassified_grid
+from fmnist_mlops.scratch import out_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +72,55 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[str, flo
     }
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``models/model.keras`` on the val and test splits and log it to the train run.
+def candidate(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The train run a stage works on: ``run_id`` from MLflow, else ``paths.out``'s run.json.
 
-    Writes ``reports/metrics.json`` (DVC metrics, with the MLflow ``run_id``), per-class
-    scores, per-image test predictions, the confusion matrix and a misclassified grid.
+    Call after :func:`tracking.setup`. With ``run_id`` nothing is read from a scratch folder:
+    the logged model, the best epoch and its scores all come from the tracking store.
+    """
+    if cfg.run_id:
+        return tracking.run_record(cfg.run_id)
+    return read_run(stage_dir(cfg.paths.out, stage))
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score the trained model on the val and test splits and log it to the train run.
+
+    See :func:`evaluate_into`, which also returns the folder the reports went to.
 
     Returns:
         The metrics written to ``reports/metrics.json``.
     """
+    return evaluate_into(cfg)[0]
+
+
+def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    """Score the trained model on the val and test splits and log it to the train run.
+
+    The model is ``models/model.keras`` in ``paths.out`` or, with ``run_id``, the run's logged
+    model in MLflow (then the reports go to ``paths.out`` or a new scratch folder).
+    Writes ``reports/metrics.json`` (DVC metrics, with the MLflow ``run_id``), per-class
+    scores, per-image test predictions, the confusion matrix and a misclassified grid.
+
+    Returns:
+        The metrics written to ``reports/metrics.json``, and the folder holding the reports.
+    """
     validate(cfg)
-    out = stage_dir(cfg.paths.out, "evaluate")
-    run_info = read_run(out)
+    if not cfg.run_id:
+        read_run(stage_dir(cfg.paths.out, "evaluate"))  # fail before any heavy work
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
-    model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
     tracking.setup(cfg)
+    run_info = candidate(cfg, "evaluate")
+    if cfg.run_id:
+        tracking.check_trained_on(cfg.run_id, splits.meta)
+        model = load_network(run_info["model_uri"])
+        out = out_dir(cfg.paths.out, "evaluate", cfg.paths.scratch)
+        write_json(out / RUN_FILE, run_info)
+    else:
+        out = stage_dir(cfg.paths.out, "evaluate")
+        model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
 
     with mlflow.start_run(run_id=run_info["run_id"]):
         val = score(model, splits.x_val, splits.y_val)
@@ -111,7 +146,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
         for path in (METRICS_JSON, PER_CLASS_JSON, PREDICTIONS_CSV):
             (out / path).parent.mkdir(parents=True, exist_ok=True)
-        (out / PER_CLASS_JSON).write_text(json.dumps(classes, indent=2) + "\n")
+        write_json(out / PER_CLASS_JSON, classes)
         with (out / PREDICTIONS_CSV).open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["index", "actual", "predicted", "probability"])
@@ -137,7 +172,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             mlflow.log_artifact(str(out / path), "evaluation")
         mlflow.log_dict(metrics, "evaluation/metrics.json")
         # Written last: DVC treats this file as the stage's result.
-        (out / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out / METRICS_JSON, metrics)
     log.info(
         "evaluate: run %s test_accuracy %.4f test_loss %.4f val_accuracy %.4f",
         metrics["run_id"],
@@ -145,4 +180,4 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["test_loss"],
         metrics["val_accuracy"],
     )
-    return metrics
+    return metrics, out

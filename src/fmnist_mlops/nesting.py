@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "FMNIST_MLOPS_SWEEP_PARENT"
 JOB_ENV = "FMNIST_MLOPS_SWEEP_JOB"
 OVERRIDES_ENV = "FMNIST_MLOPS_SWEEP_OVERRIDES"
-CONFIG_FILE = Path("models/config.yaml")
 
 
 def active() -> bool:
@@ -49,17 +47,7 @@ def job_hooks(cfg: DictConfig) -> dict[str, Any]:
     """``cli.run`` hooks for a job of a sweep: keep going after a failure (empty otherwise)."""
     if not active():
         return {}
-    return {
-        "on_success": lambda result: record_finished(cfg, result),
-        "on_error": lambda exc: record_failure(cfg, exc),
-    }
-
-
-def record_finished(cfg: DictConfig, result: dict[str, Any]) -> None:
-    """Keep a finished job's config beside its outputs, for the end-of-sweep evaluation."""
-    out = Path(result["out_dir"])
-    (out / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return {"on_error": lambda exc: record_failure(cfg, exc)}
 
 
 def record_failure(cfg: DictConfig, exc: BaseException) -> None:

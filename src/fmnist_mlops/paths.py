@@ -60,19 +60,6 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
-def out_dir(configured: str | None, stage: str) -> Path:
-    """Return the folder a stage writes to.
-
-    Args:
-        configured: ``paths.out`` from the config; ``None`` means an ad-hoc run, which gets a
-            fresh scratch folder so it cannot overwrite DVC-tracked outputs.
-        stage: Stage name, used as the scratch folder's prefix.
-    """
-    if configured is None:
-        return Path(tempfile.mkdtemp(prefix=f"fmnist-{stage}-"))
-    return resolve(configured)
-
-
 def stage_dir(configured: str | None, stage: str) -> Path:
     """Return ``paths.out`` for stages that read what ``train`` wrote (it must be set)."""
     if configured is None:
@@ -81,6 +68,19 @@ def stage_dir(configured: str | None, stage: str) -> Path:
             f"('.' for the DVC pipeline, or the out_dir an ad-hoc train run printed)"
         )
     return resolve(configured)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_run(out: Path) -> dict[str, Any]:

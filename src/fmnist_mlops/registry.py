@@ -10,23 +10,20 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import evaluate, load_network, score
+from fmnist_mlops.evaluation import evaluate_into, load_network, score
 from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
@@ -35,7 +32,9 @@ from fmnist_mlops.paths import (
     resolve,
     stage_dir,
     store_root,
+    write_json,
 )
+from fmnist_mlops.scratch import out_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,32 +134,34 @@ def _metric_value(scores: dict[str, float], metric: str) -> float:
     return scores[metric.removeprefix("val_")]
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def promote(cfg: DictConfig) -> dict[str, Any]:
     """Register the evaluated model and move the alias if the promotion rule says so.
 
     Writes ``reports/promotion.json`` with the decision and both scores.
     """
     validate(cfg)
-    out = stage_dir(cfg.paths.out, "register")
-    run_info = read_run(out)
-    metrics_path = out / METRICS_JSON
-    if not metrics_path.is_file():
-        raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
-    if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
-        raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
+    if not cfg.run_id:
+        out = stage_dir(cfg.paths.out, "register")
+        run_info = read_run(out)
+        metrics_path = out / METRICS_JSON
+        if not metrics_path.is_file():
+            raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
+        if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
+            raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
-    reg = cfg.registry
     tracking.setup(cfg)
+    if cfg.run_id:
+        run_info = tracking.run_record(cfg.run_id)
+        tracking.check_trained_on(cfg.run_id, splits.meta)
+        if "test_accuracy" not in MlflowClient().get_run(cfg.run_id).data.metrics:
+            raise RegistryError(
+                f"run {cfg.run_id} has no test metrics: evaluate it first "
+                f"(python src/evaluate.py run_id={cfg.run_id})"
+            )
+        out = out_dir(cfg.paths.out, "register", cfg.paths.scratch)
+    reg = cfg.registry
     client = MlflowClient()
     with registry_lock(reg.model_name, reg.get("lock_url")):
         candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
@@ -212,7 +213,7 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
         run_info["run_id"], "registry.decision", "promoted" if decision.promote else "kept"
     )
     client.set_tag(run_info["run_id"], "registry.version", str(version.version))
-    _write_json(out / PROMOTION_JSON, record)
+    write_json(out / PROMOTION_JSON, record)
     log.info(
         "register: version %s %s (%s); %s is version %s",
         version.version,
@@ -228,13 +229,17 @@ def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
     """The pipeline's ``evaluate`` stage: :func:`evaluate`, then :func:`promote`, in one process.
 
     One stage rather than two because each Python stage pays ~5 s to import TensorFlow, Keras
-    and MLflow, a tenth of what training the default model costs (``make bench``).
+    and MLflow, a tenth of what training the default model costs (``make bench``). With
+    ``run_id`` and no ``paths.out``, the promotion record goes beside the evaluation's reports.
 
     Returns:
-        The test metrics, with the promotion record under ``promotion``.
+        The test metrics, the reports' folder (``out_dir``) and the promotion record
+        (``promotion``).
     """
-    metrics = evaluate(cfg)
-    return {**metrics, "promotion": promote(cfg)}
+    metrics, out = evaluate_into(cfg)
+    if cfg.paths.out is None:
+        cfg = OmegaConf.merge(cfg, {"paths": {"out": str(out)}})
+    return {**metrics, "out_dir": str(out), "promotion": promote(cfg)}
 
 
 def rollback(cfg: DictConfig) -> dict[str, Any]:

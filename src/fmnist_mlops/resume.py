@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 # Settings that change where files go or how much is printed, not what is trained.
-_NOT_HASHED = ("paths", "train.verbose", "mlflow.tracking_uri")
+_NOT_HASHED = ("paths", "run_id", "train.verbose", "mlflow.tracking_uri")
 
 
 def config_hash(cfg: DictConfig, data_meta: dict[str, Any]) -> str:

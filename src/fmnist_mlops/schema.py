@@ -36,6 +36,7 @@ class PathsCfg(_Strict):
 
     prepared: str = _f("a folder path", min_length=1)
     out: str | None = _f("null (a scratch folder) or a folder path")
+    scratch: str = _f("a folder path (relative: to the repository)", min_length=1)
 
 
 class DataCfg(_Strict):
@@ -129,6 +130,7 @@ class Config(_Strict):
 
     seed: int = _f("an integer >= 0", ge=0)
     paths: PathsCfg
+    run_id: str | None = _f("null or an MLflow run id (32 hex digits)", pattern=r"^[0-9a-f]{32}$")
     data: DataCfg
     model: ModelCfg
     train: TrainCfg

@@ -16,10 +16,9 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_mlops import nesting
 
@@ -87,7 +86,7 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
         best.data.metrics[CHILD_METRIC[reg.metric]],
     )
     try:
-        promoted = promote_child(client, parent, best)
+        promoted = promote_child(client, parent, best, sweep_cfg)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -95,27 +94,45 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
     return {**summary, **promoted}
 
 
-def promote_child(client: Any, parent: str, child: Any) -> dict[str, Any]:
+def child_config(run_id: str, caller: DictConfig) -> DictConfig:
+    """The config a child run was trained with (its logged ``config.yaml``), set to evaluate it.
+
+    Training settings come from the run itself; where things are (``mlflow``, ``registry``,
+    ``paths.scratch``) from the sweep or study that asks, whose values are not redacted.
+    Nothing is read from the child's scratch folder, which may be long gone.
+    """
+    import mlflow
+
+    from fmnist_mlops.errors import DataError
+
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    except mlflow.exceptions.MlflowException as exc:
+        raise DataError(f"run {run_id} has no logged config.yaml ({exc}): train it again") from None
+    cfg = OmegaConf.create(text)
+    with open_dict(cfg):
+        cfg.mlflow = caller.mlflow
+        cfg.registry = caller.registry
+        cfg.paths.scratch = caller.paths.scratch
+        cfg.paths.out = None
+        cfg.run_id = run_id
+    return cfg
+
+
+def promote_child(client: Any, parent: str, child: Any, caller: DictConfig) -> dict[str, Any]:
     """Evaluate a sweep's or study's chosen child run and apply the promotion rule.
 
-    Uses the child's own config and outputs (its ``out_dir`` tag), so the evaluation is the
-    ``evaluate`` stage's and the decision the ``register`` stage's. Records the outcome on
+    Uses the child's own config and its logged model (read from MLflow), so the evaluation is
+    the ``evaluate`` stage's and the decision the ``register`` stage's. Records the outcome on
     the parent run.
 
     Returns:
         The child's run id and overrides, its test accuracy, and the registry decision.
     """
-    from fmnist_mlops.errors import DataError
-    from fmnist_mlops.evaluation import evaluate
-    from fmnist_mlops.registry import promote
+    from fmnist_mlops.registry import evaluate_and_promote
 
-    out = child.data.tags.get("out_dir")
-    if not out or not (Path(out) / nesting.CONFIG_FILE).is_file():
-        raise DataError(f"outputs of run {child.info.run_id} are gone ({out}): train it again")
-    cfg = OmegaConf.load(Path(out) / nesting.CONFIG_FILE)
-    cfg.paths.out = out
-    metrics = evaluate(cfg)
-    decision = promote(cfg)
+    metrics = evaluate_and_promote(child_config(child.info.run_id, caller))
+    decision = metrics["promotion"]
     overrides = child.data.tags.get("sweep.overrides", "")
     for key, value in {
         "best_run_id": child.info.run_id,

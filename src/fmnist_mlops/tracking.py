@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_mlops import owner
 from fmnist_mlops.config import flatten
 from fmnist_mlops.paths import project_root, store_root
 
@@ -93,22 +94,14 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
 
 
-def _process_start(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 def run_tags(stage: str) -> dict[str, str]:
     """Tags every run gets: stage, host, pid + process start, git state, DVC experiment."""
+    me = owner.current()
     tags = {
         "stage": stage,
-        "host": socket.gethostname(),
-        "pid": str(os.getpid()),
-        "process_start": f"{_process_start(os.getpid()):.3f}",
+        "host": me["host"],
+        "pid": str(me["pid"]),
+        "process_start": f"{me['process_start']:.3f}",
     }
     tags.update(git_tags())
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
@@ -187,13 +180,11 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
     )
     for run in runs:
         tags = run.data.tags
-        try:
-            pid, started = int(tags["pid"]), float(tags["process_start"])
-        except (KeyError, ValueError):
+        if "pid" not in tags or "process_start" not in tags:
             continue
-        alive = _process_start(pid)
-        if alive is not None and abs(alive - started) < 1.0:
+        if owner.is_alive(tags):
             continue
+        pid = tags["pid"]
         client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} is gone")
         client.set_terminated(run.info.run_id, status="KILLED")
         log.warning(
@@ -212,3 +203,74 @@ def run_exists(run_id: str) -> bool:
     except mlflow.exceptions.MlflowException:
         return False
     return True
+
+
+def run_record(run_id: str) -> dict[str, Any]:
+    """What ``models/run.json`` holds for a finished train run, read from MLflow instead.
+
+    Lets a later command (evaluation, promotion, a sweep's or a study's end) work on a run whose
+    scratch folder is gone: the logged model, the best epoch and its validation scores are in
+    the tracking store.
+
+    Raises:
+        ConfigError: ``run_id`` is not a finished train run of the current store.
+    """
+    from fmnist_mlops.errors import ConfigError
+
+    client = mlflow.tracking.MlflowClient()
+    where = hide_password(mlflow.get_tracking_uri())
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(
+            f"run_id={run_id} is not a run of {where}: expected the id of a finished train run"
+        ) from None
+    stage, status = run.data.tags.get("stage"), run.info.status
+    metrics = run.data.metrics
+    if stage != "train" or status != "FINISHED" or "best_epoch" not in metrics:
+        raise ConfigError(
+            f"run_id={run_id} is a {status} {stage or 'untagged'} run: expected the id of a "
+            "finished train run"
+        )
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=10
+    )
+    if not models:
+        raise ConfigError(f"run_id={run_id} has no logged model in {where}: train it again")
+    return {
+        "run_id": run_id,
+        "model_uri": f"models:/{models[0].model_id}",
+        "best_epoch": int(metrics["best_epoch"]),
+        "epochs_trained": int(metrics["epochs_trained"]),
+        "val_loss": metrics["best_val_loss"],
+        "val_accuracy": metrics["best_val_accuracy"],
+        "fit_seconds": metrics.get("fit_seconds"),
+    }
+
+
+def check_trained_on(run_id: str, meta: dict[str, Any]) -> None:
+    """Refuse to score a run on a split other than the one it was trained and validated on.
+
+    Args:
+        run_id: A train run.
+        meta: The prepared split's ``meta.json`` (raw-file hashes and split settings).
+
+    Raises:
+        ConfigError: The run's logged data hashes or split settings differ from ``meta``'s.
+    """
+    from fmnist_mlops.errors import ConfigError
+
+    run = mlflow.tracking.MlflowClient().get_run(run_id)
+    logged = {k: v for k, v in run.data.tags.items() if k.startswith("data.sha256.")}
+    logged.update({k: v for k, v in run.data.params.items() if k.startswith("data.")})
+    found = {f"data.sha256.{name}": digest for name, digest in meta["sha256"].items()}
+    found["data.val_split"] = str(meta["val_split"])
+    found["data.split_seed"] = str(meta["split_seed"])
+    found.update({f"data.max_{k}": str(v) for k, v in meta["max"].items()})
+    for key, value in found.items():
+        if key in logged and logged[key] != value:
+            raise ConfigError(
+                f"run_id={run_id} was trained with {key}={logged[key]}, the prepared split has "
+                f"{value}: expected the data settings it was trained with (e.g. the same "
+                "+experiment)"
+            )

@@ -28,8 +28,16 @@ from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model, steps_per_execution
-from fmnist_mlops.paths import HISTORY_CSV, HISTORY_PNG, MODEL_FILE, RUN_FILE, out_dir, resolve
+from fmnist_mlops.paths import (
+    HISTORY_CSV,
+    HISTORY_PNG,
+    MODEL_FILE,
+    RUN_FILE,
+    resolve,
+    write_json,
+)
 from fmnist_mlops.plots import history_plot
+from fmnist_mlops.scratch import out_dir
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +306,7 @@ def train(
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
-    out = out_dir(cfg.paths.out, "train")
+    out = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
     experiment_id = tracking.setup(cfg)
     tracking.mark_orphaned_runs(experiment_id)
 
@@ -430,5 +438,5 @@ def _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks=()):
 
     info = log_served_model(out / MODEL_FILE, splits.x_val[:2].astype("float32"))
     record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
-    (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out / RUN_FILE, record)
     return record, summary, fit_seconds

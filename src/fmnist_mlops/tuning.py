@@ -300,7 +300,7 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         )
     run_id = study.best_trial.user_attrs["mlflow_run_id"]
     try:
-        promoted = sweep.promote_child(client, parent, client.get_run(run_id))
+        promoted = sweep.promote_child(client, parent, client.get_run(run_id), base)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -346,8 +346,6 @@ def _evaluate_trial(
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
     trial.set_user_attr("mlflow_run_id", result["run_id"])
-    trial.set_user_attr("out_dir", result["out_dir"])
-    nesting.record_finished(cfg, result)
     if pruning.pruned_at is not None:
         mlflow.MlflowClient().set_tag(result["run_id"], "optuna.state", "PRUNED")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
