@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
+import pytest
 from conftest import ROOT, smoke_config, venv_env
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
@@ -17,8 +20,9 @@ from test_faults import start_training
 
 from fmnist_mlops import resume
 from fmnist_mlops.data import load_prepared
+from fmnist_mlops.errors import Interrupted
 from fmnist_mlops.paths import MODEL_FILE
-from fmnist_mlops.training import fit
+from fmnist_mlops.training import fit, train
 
 
 def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, smoke_prepared):
@@ -114,3 +118,69 @@ def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, capl
     (folder / "state.json").write_text("{not json")
     assert resume.load(folder, h) is None
     assert "unreadable state.json" in caplog.text
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raise what a SIGINT raises, at the end of ``epoch`` or after its first step call."""
+
+    def __init__(self, epoch: int, mid_epoch: bool) -> None:
+        super().__init__()
+        self.epoch, self.mid_epoch, self.current = epoch, mid_epoch, -1
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.current = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self.mid_epoch and self.current == self.epoch:
+            raise Interrupted(signal.SIGINT)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not self.mid_epoch and epoch == self.epoch:
+            raise Interrupted(signal.SIGINT)
+
+
+EXACT_CASES = {
+    # Augmented batches, interrupted once epoch 0 is backed up.
+    "augment-after-epoch-0": (["train.augment.flip=true", "train.augment.erase=0.5"], 0, False),
+    # 86 batches per epoch, 43 per step call: the interrupt lands after the first call of epoch 2.
+    "augment-mid-epoch-2": (
+        ["train.augment.flip=true", "train.augment.erase=0.5", "train.batch_size=6"],
+        2,
+        True,
+    ),
+    "vgg-mid-epoch-2": (["model=vgg", "train.batch_size=6"], 2, True),
+}
+
+
+def history_and_weights(cfg) -> tuple[dict, list]:
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    history = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+    }
+    model = keras.saving.load_model(str(Path(cfg.paths.out) / MODEL_FILE), compile=False)
+    return history, model.get_weights()
+
+
+@pytest.mark.parametrize("case", sorted(EXACT_CASES))
+def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smoke_prepared):
+    overrides, epoch, mid_epoch = EXACT_CASES[case]
+    common = ["train.epochs=4", "train.patience=4", *overrides]
+    reference = smoke_config(tmp_path / "reference", smoke_prepared, *common)
+    train(reference)
+
+    cfg = smoke_config(tmp_path / "resumed", smoke_prepared, *common)
+    with pytest.raises(Interrupted):
+        train(cfg, callbacks=[InterruptAt(epoch, mid_epoch)])
+    result = train(cfg)
+    assert result["run_id"]
+
+    expected_history, expected_weights = history_and_weights(reference)
+    history, weights = history_and_weights(cfg)
+    assert history == expected_history
+    assert len(weights) == len(expected_weights)
+    for got, want in zip(weights, expected_weights, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -42,6 +42,7 @@ def training_batches(
     batch_size: int,
     seed: int,
     transform: Transform | None = None,
+    start_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Endless training batches, reshuffled every epoch.
 
@@ -58,6 +59,9 @@ def training_batches(
         batch_size: Images per batch.
         seed: Shuffle and augmentation seed.
         transform: Applied to every training batch (None: batches as they are).
+        start_epoch: The epoch the first batch belongs to. Epoch ``e``'s order and augmentation
+            seeds are the same whether the stream starts at 0 or at ``e`` (a resumed run sees
+            exactly the batches an uninterrupted one would).
 
     Returns:
         The dataset of ``(images float32, labels)`` batches.
@@ -70,8 +74,10 @@ def training_batches(
 
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     order = order.batch(batch_size)
+    # Skipped as indices, before any gather or augmentation: a few shuffles of N integers.
+    skip = start_epoch * batches_per_epoch(n, batch_size)
     if transform is None:
-        ds = order.repeat().map(gather)
+        ds = order.repeat().skip(skip).map(gather)
     else:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -80,7 +86,7 @@ def training_batches(
             return transform(batch, s), batch_labels
 
         # Two fixed workers: augmenting a batch costs about as much as half a training step.
-        ds = tf.data.Dataset.zip((order, seeds)).repeat()
+        ds = tf.data.Dataset.zip((order, seeds)).repeat().skip(skip)
         ds = ds.map(gather_and_transform, num_parallel_calls=2, deterministic=True)
     return _fixed(ds.prefetch(PREFETCH))
 

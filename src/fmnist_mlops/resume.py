@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.paths import store_root
@@ -95,14 +96,39 @@ class ResumeState:
     plateau: dict[str, Any] | None
     files: dict[str, str] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
+    rng: list[list[int]] = field(default_factory=list)
 
     def model(self) -> keras.Model:
-        """The model after the last finished epoch, optimizer state included."""
-        return keras.saving.load_model(str(self.folder / self.files["last"]), safe_mode=True)
+        """The model after the last finished epoch, optimizer and dropout RNG state included."""
+        model = keras.saving.load_model(str(self.folder / self.files["last"]), safe_mode=True)
+        set_rng_state(model, self.rng)
+        return model
 
     def best_model_file(self) -> Path:
         """The best model so far (what the best-only checkpoint held)."""
         return self.folder / self.files["best"]
+
+
+def _seed_states(model: keras.Model) -> list[Any]:
+    # Dropout's random masks come from these counters; in model order, since their names
+    # depend on what else the process has built.
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def rng_state(model: keras.Model) -> list[list[int]]:
+    """The model's seed-generator states, which Keras does not save in ``.keras`` files."""
+    return [np.asarray(v.numpy()).tolist() for v in _seed_states(model)]
+
+
+def set_rng_state(model: keras.Model, state: list[list[int]]) -> None:
+    """Put back what :func:`rng_state` returned (a no-op for an empty state)."""
+    if not state:
+        return
+    variables = _seed_states(model)
+    if len(variables) != len(state):
+        raise ValueError(f"{len(state)} saved seed states for {len(variables)} in the model")
+    for variable, value in zip(variables, state, strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def load(folder: Path, expected_hash: str) -> ResumeState | None:
@@ -203,6 +229,7 @@ class EpochBackup(keras.callbacks.Callback):
                 "cooldown_counter": self.plateau.cooldown_counter,
             },
             "files": {"last": last, "best": best},
+            "rng": rng_state(self.model),
             "sha256": {name: _sha256(self.folder / name) for name in (last, best) if name},
         }
         tmp_state = self.folder / f".{STATE_FILE}.tmp"

@@ -219,6 +219,7 @@ def fit(
         batch_size,
         int(cfg.seed),
         augment.batch_transform(cfg.train.get("augment")),
+        start_epoch=initial_epoch,
     )
     history = model.fit(
         train_batches,
