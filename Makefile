@@ -74,13 +74,13 @@ screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless
 server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
 
-serve: $(STAMP) ## (Re)start serving models:/fashion-mnist-cnn@champion on 127.0.0.1:$(PORT)
-	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
+serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@champion on 127.0.0.1:$(PORT)
 	@echo "mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+		$(BIN)/python -m fmnist_mlops.servectl start --port $(PORT) -- \
 		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
 
-serve-stop: $(STAMP) ## Stop the model server on $(PORT)
+serve-stop: $(STAMP) ## Stop the model server `make serve` started on $(PORT) (nothing else)
 	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion

@@ -70,6 +70,12 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def read_only_rows_fn():
+    """:func:`read_only_rows`, for tests that poll a store another process writes."""
+    return read_only_rows
+
+
+@pytest.fixture(scope="session")
 def smoke_prepared(tmp_path_factory) -> Path:
     """The smoke split of the real data, prepared once per session."""
     require_real_data()
@@ -135,6 +141,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A port nothing listens on, on 127.0.0.1."""
+    return free_port()
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from test_registry import pipeline
 
+from fmnist_mlops import owner
 from fmnist_mlops.housekeeping import clean_runs
 from fmnist_mlops.registry import promote
+from fmnist_mlops.resume import CLAIM_FILE
 
 
 def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prepared):
@@ -23,9 +26,19 @@ def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prep
     other_run = json.loads((tmp_path / "other/out/models/run.json").read_text())["run_id"]
     assert other_run != champ_run and other_cfg
     other_artifacts = client.get_run(other_run).info.artifact_uri.removeprefix("file://")
+    experiment_id = client.get_run(other_run).info.experiment_id
+    [other_model] = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{other_run}'"
+    )
+    # A registered version that never became champion: its run must survive too.
+    registered_cfg = pipeline(
+        tmp_path / "reg", smoke_prepared, uri, "train.epochs=1", "seed=6", "registry.min_delta=1.0"
+    )
+    registered_run = promote(registered_cfg)["run_id"]
 
     client.delete_run(other_run)
     client.delete_run(champ_run)  # a careless user: gc must not destroy the champion
+    client.delete_run(registered_run)
 
     backups = tmp_path / ".backups"
     finished = backups / "train-pipeline"
@@ -37,17 +50,29 @@ def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prep
             run = client.create_run(client.get_run(champ_run).info.experiment_id).info.run_id
             client.set_terminated(run, "KILLED")
         (folder / "state.json").write_text(json.dumps({"run_id": run}))
+    # A live training's backup (owned by this process) whose run looks finished: kept.
+    live = backups / "train-live"
+    live.mkdir()
+    (live / "state.json").write_text(json.dumps({"run_id": other_run}))
+    (live / CLAIM_FILE).write_text(json.dumps({"owner": owner.current()}))
 
     result = clean_runs(uri, "fashion-mnist-cnn", "champion", backups, dvc=False)
     assert result["protected_run"] == champ_run
+    assert set(result["protected_runs"]) == {champ_run, registered_run}
+    assert client.get_run(registered_run).info.lifecycle_stage == "active"
+    # The collected run's logged model (MLflow 3) goes with it.
+    assert result["gc_logged_models"] == [other_model.model_id]
+    assert not client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{other_run}'"
+    )
+    model_dir = other_model.artifact_location.removeprefix("file://")
+    assert not Path(model_dir).exists(), model_dir
     assert result["gc_runs"] and champ_run not in result["gc_runs"]
     assert client.get_run(champ_run).info.lifecycle_stage == "active"
     assert client.list_artifacts(champ_run, "checkpoints")
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_run(other_run)
-    from pathlib import Path
-
     assert not Path(other_artifacts).exists(), "artifacts of the collected run are gone"
-    assert result["removed_backups"] == [str(finished)] and killed.exists()
+    assert result["removed_backups"] == [str(finished)] and killed.exists() and live.exists()
     loaded = mlflow.pyfunc.load_model("models:/fashion-mnist-cnn@champion")
     assert loaded is not None

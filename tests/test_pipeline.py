@@ -304,15 +304,65 @@ def test_best_experiment_reaches_the_code_through_dvc_exp_run(smoke_project):
     assert metrics["epochs_trained"] == 1
 
 
+def test_two_queue_workers_train_at_once_without_touching_each_other(smoke_project):
+    project = smoke_project
+    before = {r.info.run_id for r in runs(project)}
+    for seed in (31, 32):
+        dvc(
+            project,
+            *("exp", "run", "--queue", "-n", f"par-{seed}", "-S", "+experiment=smoke"),
+            *("-S", f"seed={seed}", "-S", "train.epochs=6", "-S", "train.patience=6"),
+        )
+    dvc(project, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2, status
+    client = client_for(project)
+    new = [r for r in runs(project) if r.info.run_id not in before]
+    assert sorted(r.data.tags["dvc_exp_name"] for r in new) == ["par-31", "par-32"]
+    spans = []
+    for run in new:
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert steps == list(range(len(steps))) and len(steps) == 6, "one writer per run"
+        spans.append((run.info.start_time, run.info.end_time))
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, "the two workers trained at the same time"
+    for name in ("par-31", "par-32"):
+        logs = dvc(project, "queue", "logs", name).stdout
+        assert "discarding backup" not in logs and "resuming" not in logs
+    assert not list((project / ".backups").glob("train-*"))
+
+
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
+    from fmnist_mlops.housekeeping import champion_chain
+
     project = smoke_project
     assert dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     client = client_for(project)
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
-    origin = client.get_run(champion.run_id).data.tags.get("dvc_exp_name")
+    chain = champion_chain(client, "fashion-mnist-cnn", "champion")
+    assert chain[0].version == champion.version
+    origins = {client.get_run(v.run_id).data.tags.get("dvc_exp_name") for v in chain} - {None}
+    registered = {v.run_id for v in client.search_model_versions()}
+    listed = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    # A queued experiment: DVC is left alone while it waits (nothing removed, still queued).
+    dvc(project, "exp", "run", "--queue", "-n", "waiting", "-S", "seed=77")
+    sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
+    assert sorted(
+        dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    ) == sorted(listed)
+    assert "Queued" in dvc(project, "queue", "status").stdout
+    dvc(project, "queue", "remove", "waiting")
     sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
     left = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
-    assert left == ([origin] if origin else []), "only the champion's experiment survives"
+    assert set(left) == origins, "only the champions' experiments survive (rollback targets)"
+    for run_id in registered:  # every registered version keeps its run
+        assert client.get_run(run_id).info.lifecycle_stage == "active"
     again = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert again.version == champion.version
     assert client.get_run(again.run_id).info.lifecycle_stage == "active"

@@ -1,4 +1,4 @@
-"""``make clean-runs``: remove what old experiments leave, never the champion or its run."""
+"""``make clean-runs``: remove what old experiments leave, never what a model or live run needs."""
 
 from __future__ import annotations
 
@@ -16,28 +16,77 @@ import mlflow
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from fmnist_mlops import owner
 from fmnist_mlops.paths import project_root
-from fmnist_mlops.registry import current_champion
-from fmnist_mlops.resume import backups_root
+from fmnist_mlops.registry import PREVIOUS_TAG, current_champion
+from fmnist_mlops.resume import CLAIM_FILE, backups_root
 
 log = logging.getLogger(__name__)
 
 
-def protect_champion(client: MlflowClient, name: str, alias: str) -> str | None:
-    """Restore the champion's run if someone deleted it (``mlflow gc`` would destroy it)."""
-    champ = current_champion(client, name, alias)
-    if champ is None or not champ.run_id:
-        return None
-    if client.get_run(champ.run_id).info.lifecycle_stage == "deleted":
-        client.restore_run(champ.run_id)
-        log.warning("clean-runs: restored the champion's run %s, which was deleted", champ.run_id)
-    return champ.run_id
+def champion_chain(client: MlflowClient, name: str, alias: str) -> list[Any]:
+    """The champion's model version, then the one it replaced, and so on (rollback targets)."""
+    chain: list[Any] = []
+    version = current_champion(client, name, alias)
+    while version is not None and all(v.version != version.version for v in chain):
+        chain.append(version)
+        previous = version.tags.get(PREVIOUS_TAG)
+        try:
+            version = client.get_model_version(name, previous) if previous else None
+        except mlflow.exceptions.MlflowException:
+            version = None  # deleted by hand: the chain ends there
+    return chain
+
+
+def protect_registered(client: MlflowClient) -> list[str]:
+    """Restore the runs behind every registered model version if someone deleted them.
+
+    ``mlflow gc`` would destroy them, and with them what ``make report`` and ``make rollback``
+    read. Returns the protected run ids.
+    """
+    protected = []
+    for version in client.search_model_versions(max_results=10000):
+        if not version.run_id:
+            continue
+        try:
+            run = client.get_run(version.run_id)
+        except mlflow.exceptions.MlflowException:
+            continue  # already collected before this rule existed
+        if run.info.lifecycle_stage == "deleted":
+            client.restore_run(version.run_id)
+            log.warning(
+                "clean-runs: restored run %s of %s version %s, which was deleted",
+                version.run_id,
+                version.name,
+                version.version,
+            )
+        protected.append(version.run_id)
+    return sorted(set(protected))
+
+
+def _delete_logged_models(client: MlflowClient, experiment_id: str, run_id: str) -> list[str]:
+    """Mark the logged models of a collected run deleted, so ``mlflow gc`` takes them too."""
+    models = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=100
+    )
+    for model in models:
+        client.delete_logged_model(model.model_id)
+    return [m.model_id for m in models]
 
 
 def stale_backups(backups: Path, client: MlflowClient) -> list[Path]:
-    """Backups whose run is gone or has ended other than KILLED (nothing left to resume)."""
+    """Backups nothing can resume: their run is gone or ended other than KILLED.
+
+    A backup whose owner process still runs (a live training) is never stale.
+    """
     stale = []
     for folder in sorted(backups.glob("train-*")) if backups.is_dir() else []:
+        try:
+            claim = json.loads((folder / CLAIM_FILE).read_text())
+            if claim["owner"] is not None and owner.is_alive(claim["owner"]):
+                continue
+        except (OSError, ValueError, KeyError):
+            pass  # no owner recorded (an older layout): judged by its run alone
         try:
             run_id = json.loads((folder / "state.json").read_text())["run_id"]
             run = client.get_run(run_id)
@@ -54,16 +103,21 @@ def clean_runs(
 ) -> dict[str, Any]:
     """Garbage-collect deleted MLflow runs, stale backups and (optionally) DVC leftovers.
 
+    Never collected: the runs behind any registered model version, the DVC experiments of the
+    champion and of every earlier champion it can be rolled back to, queued or running DVC
+    experiments, and live trainings' backups.
+
     Returns:
-        What was removed and which run was protected.
+        What was removed and what was protected.
     """
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    protected = protect_champion(client, model_name, alias)
-    deleted = [
-        r.info.run_id
-        for exp in client.search_experiments(view_type=ViewType.ALL)
-        for r in client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY)
-    ]
+    protected = protect_registered(client)
+    chain = champion_chain(client, model_name, alias)
+    deleted, models = [], []
+    for exp in client.search_experiments(view_type=ViewType.ALL):
+        for run in client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY):
+            deleted.append(run.info.run_id)
+            models += _delete_logged_models(client, exp.experiment_id, run.info.run_id)
     bin_dir = Path(sys.executable).parent
     env_uri = {"MLFLOW_TRACKING_URI": tracking_uri}
     if deleted:
@@ -78,10 +132,13 @@ def clean_runs(
         shutil.rmtree(path, ignore_errors=True)
     removed_exps: list[str] = []
     if dvc and (project_root() / ".dvc").is_dir():
-        removed_exps = _dvc_clean(bin_dir / "dvc", client, protected)
+        keep = {client.get_run(v.run_id).data.tags.get("dvc_exp_name") for v in chain}
+        removed_exps = _dvc_clean(bin_dir / "dvc", keep - {None})
     result = {
-        "protected_run": protected,
+        "protected_run": chain[0].run_id if chain else None,
+        "protected_runs": protected,
         "gc_runs": deleted,
+        "gc_logged_models": models,
         "removed_backups": removed_backups,
         "removed_dvc_experiments": removed_exps,
     }
@@ -89,30 +146,29 @@ def clean_runs(
     return result
 
 
-def _dvc_clean(dvc: Path, client: MlflowClient, protected: str | None) -> list[str]:
-    keep = None
-    if protected:
-        keep = client.get_run(protected).data.tags.get("dvc_exp_name")
-    listing = subprocess.run(
-        [str(dvc), "exp", "list", "--all-commits", "--name-only"],
-        cwd=project_root(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    names = [n for n in listing if n != keep]
+def _dvc(dvc: Path, *args: str) -> str:
+    return subprocess.run(
+        [str(dvc), *args], cwd=project_root(), capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _dvc_clean(dvc: Path, keep: set[str]) -> list[str]:
+    active = [
+        line
+        for line in _dvc(dvc, "queue", "status").splitlines()
+        if any(word in line.split() for word in ("Queued", "Running"))
+    ]
+    if active:
+        # Removing experiments or cache now could take what a queued or running one needs.
+        log.info("clean-runs: %d DVC experiments queued or running: DVC left alone", len(active))
+        return []
+    listing = _dvc(dvc, "exp", "list", "--all-commits", "--name-only").split()
+    names = [n for n in listing if n not in keep]
     if names:
-        subprocess.run(
-            [str(dvc), "exp", "remove", *names], cwd=project_root(), check=True, capture_output=True
-        )
-    subprocess.run([str(dvc), "exp", "clean"], cwd=project_root(), check=True, capture_output=True)
-    # Keep what the workspace and the remaining (champion's) experiment use.
-    subprocess.run(
-        [str(dvc), "gc", "--workspace", "--all-experiments", "--force"],
-        cwd=project_root(),
-        check=True,
-        capture_output=True,
-    )
+        _dvc(dvc, "exp", "remove", *names)
+    _dvc(dvc, "exp", "clean")
+    # Keep what the workspace and the remaining (champions') experiments use.
+    _dvc(dvc, "gc", "--workspace", "--all-experiments", "--force")
     return names
 
 

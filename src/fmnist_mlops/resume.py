@@ -4,17 +4,24 @@ Keras' ``BackupAndRestore`` keeps only weights and the epoch. Here each finished
 the whole model *with its optimizer state*, the best model so far, and the state of early
 stopping, the best-only checkpoint and the learning-rate schedule, so that a resumed run
 behaves as if it had never stopped (a worse first resumed epoch cannot overwrite the best
-checkpoint). Backups live outside DVC outputs, under ``<store root>/.backups/<slot>/``, and
-carry a hash of the config and the data: a backup made for other settings is discarded.
+checkpoint). Backups live outside DVC outputs, one folder per run under
+``<store root>/.backups/``, each recording its owner process (host, pid, start time), the hash
+of the config and the data, and the output folder: the same command resumes the most recent
+interrupted run with those settings whose owner is gone, and never touches a live run's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,8 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_mlops import owner
+from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import store_root
 
 log = logging.getLogger(__name__)
@@ -56,12 +65,160 @@ def backups_root(uri: str) -> Path:
     return (sqlite_dir(uri) or store_root()) / ".backups"
 
 
-def backup_dir(cfg: DictConfig) -> Path:
-    """One backup slot for the DVC pipeline (``paths.out`` set), one for ad-hoc runs."""
-    from fmnist_mlops.tracking import tracking_uri
+CLAIM_FILE = "claim.json"
 
-    slot = "pipeline" if cfg.paths.out is not None else "adhoc"
-    return backups_root(tracking_uri(cfg)) / f"train-{slot}"
+
+@dataclass(frozen=True)
+class Claim:
+    """A training's backup folder and who owns it: one folder per run, never shared."""
+
+    folder: Path
+    owner: dict[str, Any] | None
+    hash: str
+    out: str | None
+    run_id: str | None
+
+    def alive(self) -> bool:
+        """Whether the owning process still runs (another host's owner counts as alive).
+
+        A released claim (its training ended without finishing) has no owner.
+        """
+        return self.owner is not None and owner.is_alive(self.owner)
+
+    def updated(self) -> float:
+        """When this run last finished an epoch (or was claimed)."""
+        state = self.folder / STATE_FILE
+        return (state if state.exists() else self.folder / CLAIM_FILE).stat().st_mtime
+
+
+def _read_claims(root: Path) -> list[Claim]:
+    claims = []
+    for folder in sorted(root.glob("train-*")) if root.is_dir() else []:
+        try:
+            raw = json.loads((folder / CLAIM_FILE).read_text())
+            run_id = raw.get("run_id")
+            if (folder / STATE_FILE).exists():
+                run_id = json.loads((folder / STATE_FILE).read_text()).get("run_id", run_id)
+            claims.append(Claim(folder, raw["owner"], raw["hash"], raw["out"], run_id))
+        except (OSError, ValueError, KeyError):
+            continue  # a backup of an older layout, or half-written: housekeeping's business
+    return claims
+
+
+def _write_claim(
+    folder: Path, config_hash: str, out: str | None, run_id: str | None, held: bool = True
+) -> None:
+    record = {
+        "owner": owner.current() if held else None,
+        "hash": config_hash,
+        "out": out,
+        "run_id": run_id,
+    }
+    tmp = folder / f".{CLAIM_FILE}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, folder / CLAIM_FILE)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".claims.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def claim(
+    root: Path,
+    config_hash: str,
+    out: str | None,
+    out_setting: str | None,
+    run_known: Callable[[str], bool],
+) -> tuple[Path, ResumeState | None]:
+    """Take the backup folder this training owns: an interrupted run's, or a new one.
+
+    Under a lock on ``root``: a run with an explicit output folder (``out``) that a live run
+    already writes to is refused; otherwise the most recent interrupted run with the same
+    settings and output folder whose owner is gone (and whose MLflow run still exists) is
+    taken over, else a new folder is made. A live run is never taken over.
+
+    Args:
+        root: Where the backups of this tracking store live (:func:`backups_root`).
+        config_hash: :func:`config_hash` of this training.
+        out: The resolved ``paths.out``, or None for an ad-hoc run (a scratch folder).
+        out_setting: ``paths.out`` as the user gave it, for the refusal message.
+        run_known: Whether a run id belongs to the current tracking store.
+
+    Returns:
+        The folder, and the backup to resume from (None: start a new run).
+
+    Raises:
+        ConfigError: ``out`` is in use by a live run.
+    """
+    with _locked(root):
+        claims = _read_claims(root)
+        if out is not None:
+            busy = next((c for c in claims if c.out == out and c.alive()), None)
+            if busy is not None:
+                raise ConfigError(
+                    f"paths.out={out_setting} is in use by run {busy.run_id or '(starting)'} "
+                    f"of {owner.describe(busy.owner)}: wait for it, stop it, or give another "
+                    "paths.out"
+                )
+        for dead in (c for c in claims if not c.alive() and not (c.folder / STATE_FILE).exists()):
+            shutil.rmtree(dead.folder, ignore_errors=True)  # no epoch finished: nothing to resume
+        same = [c for c in claims if c.hash == config_hash and c.out == out]
+        live = [c for c in same if c.alive()]
+        dead = sorted(
+            (c for c in same if not c.alive() and (c.folder / STATE_FILE).exists()),
+            key=Claim.updated,
+            reverse=True,
+        )
+        for candidate in dead:
+            state = load(candidate.folder, config_hash)
+            if state is None:
+                continue
+            if not run_known(state.run_id):
+                _discard(candidate.folder, f"its run {state.run_id} is not in this store")
+                continue
+            _write_claim(candidate.folder, config_hash, out, state.run_id)
+            others = [c.run_id for c in dead if c is not candidate]
+            log.info(
+                "train: %d interrupted run(s) with these settings%s; resuming the most recent",
+                len(dead),
+                f" (also {', '.join(map(str, others))})" if others else "",
+            )
+            return candidate.folder, state
+        for c in live:
+            log.info(
+                "train: run %s with these settings is live (%s): starting a new run",
+                c.run_id or "(starting)",
+                owner.describe(c.owner),
+            )
+        folder = Path(tempfile.mkdtemp(dir=root, prefix=f"train-{time.strftime('%Y%m%d-%H%M%S')}-"))
+        _write_claim(folder, config_hash, out, None)
+        return folder, None
+
+
+def name_run(folder: Path, run_id: str) -> None:
+    """Record the MLflow run a claimed folder belongs to (once the run exists)."""
+    raw = json.loads((folder / CLAIM_FILE).read_text())
+    _write_claim(folder, raw["hash"], raw["out"], run_id)
+
+
+def release(folder: Path) -> None:
+    """Give up a claim whose training ended unfinished: the same command may resume it now.
+
+    A process that lives on after its training stopped (a sweep, a test) must not keep the
+    run looking live. A folder already cleared (finished, diverged) is left alone.
+    """
+    try:
+        raw = json.loads((folder / CLAIM_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    _write_claim(folder, raw["hash"], raw["out"], raw.get("run_id"), held=False)
 
 
 def _sha256(path: Path) -> str:
@@ -235,7 +392,7 @@ class EpochBackup(keras.callbacks.Callback):
         tmp_state = self.folder / f".{STATE_FILE}.tmp"
         tmp_state.write_text(json.dumps(state))
         os.replace(tmp_state, self.folder / STATE_FILE)
-        keep = {STATE_FILE, last, best}
+        keep = {STATE_FILE, CLAIM_FILE, last, best}
         for path in self.folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)

@@ -1,5 +1,9 @@
 """Start and stop local servers: ``make serve`` restarts with the current @champion.
 
+``make serve`` runs the model server through :func:`start`, which records it (pid + start
+time) in ``.serve/`` of this checkout; ``make serve-stop`` stops only that recorded server,
+never another program that happens to listen on the port.
+
 :func:`running` is the one start-wait-stop loop for every server the project starts for a
 while (tests, the UI check, the serving benchmark).
 """
@@ -8,15 +12,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+
+from fmnist_mlops import owner
+from fmnist_mlops.paths import store_root
 
 
 @contextlib.contextmanager
@@ -70,38 +80,116 @@ def listeners(port: int, host: str = "127.0.0.1") -> list[psutil.Process]:
     return list(found.values())
 
 
-def stop(port: int, timeout: float = 20.0) -> int:
-    """Terminate the process groups listening on ``port``; returns how many were stopped.
+def record_path(port: int) -> Path:
+    """Where ``make serve`` records the model server it started on ``port``."""
+    return store_root() / ".serve" / f"port-{port}.json"
 
-    ``mlflow models serve`` runs uvicorn in a child process: ending the whole group ends both.
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` (no privileges needed)."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def holder(port: int) -> str:
+    """What listens on ``port``, as far as this user may know."""
+    try:
+        procs = listeners(port)
+    except psutil.AccessDenied:  # macOS without root: connections of others are hidden
+        procs = []
+    if not procs:
+        return "another program"
+    with contextlib.suppress(psutil.Error):
+        return f"pid {procs[0].pid} ({' '.join(procs[0].cmdline())[:120]})"
+    return f"pid {procs[0].pid}"
+
+
+def _terminate_tree(pid: int, timeout: float) -> None:
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for proc in alive:  # did not stop in time
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def stop(port: int, timeout: float = 20.0) -> bool:
+    """Stop the model server this checkout started on ``port`` (``make serve``), if it runs.
+
+    Only the process recorded by :func:`start` (checked by pid and start time) and its
+    children are stopped; whatever else holds the port is left alone.
+
+    Returns:
+        True if a server was stopped.
     """
-    groups = set()
-    for proc in listeners(port):
-        try:
-            groups.add(os.getpgid(proc.pid))
-        except ProcessLookupError:
-            continue
-    own = os.getpgid(0)
-    for pgid in groups - {own}:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while listeners(port) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in listeners(port):  # did not stop in time
-        proc.kill()
-    return len(groups - {own})
+    path = record_path(port)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    stopped = owner.is_alive(record["owner"])
+    if stopped:
+        _terminate_tree(int(record["owner"]["pid"]), timeout)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def start(port: int, cmd: list[str]) -> None:
+    """Stop this checkout's previous server on ``port``, record this process, exec ``cmd``.
+
+    ``exec`` keeps the pid and start time, so the record names the server itself.
+
+    Raises:
+        ConfigError: Something else holds the port.
+    """
+    from fmnist_mlops.errors import ConfigError
+
+    stop(port)
+    if port_in_use(port):
+        raise ConfigError(
+            f"PORT={port} is held by {holder(port)}, not a model server this checkout "
+            "started: left alone; stop it yourself or choose another PORT"
+        )
+    path = record_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"owner": owner.current(), "port": port, "cmd": cmd}))
+    os.execvp(cmd[0], cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fmnist_mlops.servectl stop --port 5001``."""
+    """``python -m fmnist_mlops.servectl {start,stop} --port 5001 [-- command ...]``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("action", choices=["stop"])
+    parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--port", type=int, default=5001)
-    args = parser.parse_args(argv)
-    n = stop(args.port)
-    if n:
-        print(f"stopped the server on port {args.port} (it still served the previous @champion)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    cmd = argv[cut + 1 :]
+    if args.action == "start":
+        if not cmd:
+            parser.error("start needs the server command after --")
+        from fmnist_mlops.errors import ProjectError
+
+        try:
+            start(args.port, cmd)
+        except ProjectError as exc:
+            print(f"serve: error: {exc}", file=sys.stderr)
+            return 2
+    if stop(args.port):
+        print(f"stopped the model server on port {args.port}")
+    elif port_in_use(args.port):
+        print(
+            f"port {args.port} is held by {holder(args.port)}, not a model server this checkout "
+            "started: left alone",
+            file=sys.stderr,
+        )
     return 0
 
 

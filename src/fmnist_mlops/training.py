@@ -307,21 +307,28 @@ def train(
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
-    out = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
     experiment_id = tracking.setup(cfg)
     tracking.mark_orphaned_runs(experiment_id)
 
     cfg_hash = resume.config_hash(cfg, splits.meta)
-    folder = resume.backup_dir(cfg)
-    restored = resume.load(folder, cfg_hash)
-    if restored is not None and not tracking.run_exists(restored.run_id):
-        log.warning(
-            "train: backup belongs to run %s, not in this store: discarded", restored.run_id
-        )
-        resume.clear(folder)
-        restored = None
+    folder, restored = resume.claim(
+        resume.backups_root(tracking.tracking_uri(cfg)),
+        cfg_hash,
+        None if cfg.paths.out is None else str(resolve(cfg.paths.out)),
+        cfg.paths.out,
+        tracking.run_exists,
+    )
+    try:
+        return _claimed_training(cfg, splits, prepared, folder, restored, cfg_hash, tags, callbacks)
+    except BaseException:
+        resume.release(folder)
+        raise
+
+
+def _claimed_training(cfg, splits, prepared, folder, restored, cfg_hash, tags, callbacks):
+    """The MLflow run of :func:`train` (new or resumed) around the fit, in a claimed backup."""
+    out = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
     if restored is None:
-        resume.clear(folder)
         run_tags = {
             **tracking.run_tags("train"),
             **nesting.child_tags(),
@@ -329,6 +336,7 @@ def train(
             "out_dir": str(out),
         }
         active = mlflow.start_run(tags=run_tags)
+        resume.name_run(folder, active.info.run_id)
     else:
         log.info(
             "train: resuming run %s after epoch %d (backup %s)",
@@ -337,7 +345,13 @@ def train(
             folder,
         )
         active = mlflow.start_run(run_id=restored.run_id)
-        mlflow.set_tags({**tracking.run_tags("train"), "resumed_after_epoch": str(restored.epoch)})
+        mlflow.set_tags(
+            {
+                **tracking.run_tags("train"),
+                "resumed_after_epoch": str(restored.epoch),
+                "out_dir": str(out),
+            }
+        )
 
     with active as run:
         spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
