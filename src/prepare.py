@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_mlops.cli import run
+from fmnist_mlops.cli import entry, run
 from fmnist_mlops.data import prepare
 
 
@@ -14,4 +14,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry("prepare", main)

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.cli import entry, run  # noqa: E402
 from fmnist_mlops.registry import promote  # noqa: E402
 
 
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry("register", main)

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.cli import entry, run  # noqa: E402
 from fmnist_mlops.report import build_report  # noqa: E402
 
 
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry("report", main)

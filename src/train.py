@@ -8,7 +8,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops import nesting  # noqa: E402
-from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.cli import entry, run  # noqa: E402
 from fmnist_mlops.training import train  # noqa: E402
 
 
@@ -19,4 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry("train", main)

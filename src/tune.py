@@ -8,7 +8,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_mlops.cli import run  # noqa: E402
+from fmnist_mlops.cli import entry, run  # noqa: E402
 from fmnist_mlops.tuning import tune  # noqa: E402
 
 
@@ -20,4 +20,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry("tune", main)

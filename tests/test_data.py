@@ -150,6 +150,22 @@ def test_locate_prefers_source_dir_then_system_then_keras_cache(tmp_path):
     assert label.startswith("Keras cache")
 
 
+@pytest.mark.parametrize("state", ["empty", "missing", "three of four"])
+def test_an_explicit_source_dir_is_used_or_refused_never_replaced(tmp_path, state):
+    fill(tmp_path / "system")  # a fallback that would work: it must not be used
+    mine = tmp_path / "mine"
+    if state == "empty":
+        mine.mkdir()
+    elif state == "three of four":
+        fill(mine)
+        (mine / SPECS[0].filename).unlink()
+    with pytest.raises(DataError) as err:
+        locate(data_cfg(tmp_path, source_dir=str(mine)))
+    msg = str(err.value)
+    assert msg.startswith(f"data.source_dir='{mine}'") and "\n" not in msg
+    assert SPECS[0].filename in msg
+
+
 def test_offline_error_names_all_four_options(tmp_path):
     port = free_port()  # nothing listens there: connection refused, like being offline
     with pytest.raises(DataError) as err:

@@ -138,3 +138,24 @@ def run(
     if result is not None:
         print(json.dumps(result, default=str))
     return result
+
+
+def entry(stage: str, hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point; Hydra's own errors become one line and exit 2.
+
+    An unknown key or group option, an override that does not parse, or a config that does
+    not compose is a user error like any other: ``<stage>: error: <what>``, no traceback.
+    Errors raised inside the stage keep their own handling (:func:`run`).
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra prints a shortened message and exits 1 unless asked for the exception itself.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        # Hydra appends its config search path: noise for the user, who asked for a key.
+        text = str(exc).split("Config search path:")[0]
+        print(f"{stage}: error: {' '.join(text.split())}", file=sys.stderr)
+        sys.exit(2)

@@ -65,13 +65,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     """
     from pydantic import ValidationError
 
-    from fmnist_mlops.schema import Config, first_error
+    from fmnist_mlops.schema import Config, cross_check, first_error
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     try:
-        Config.model_validate(data)
+        typed = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(first_error(data, exc)) from None
+    problem = cross_check(typed)
+    if problem:
+        raise ConfigError(problem)
     return cfg
 
 

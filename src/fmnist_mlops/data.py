@@ -130,8 +130,9 @@ def _download(base_url: str, dest: Path, specs: tuple[IdxSpec, ...], timeout: fl
 def locate(data_cfg: Any, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, dict[str, Path]]:
     """Find the four IDX ``.gz`` files.
 
-    Order: ``data.source_dir`` if set, ``data.system_dir`` (Debian ``dataset-fashion-mnist``),
-    ``data.keras_cache_dir``, then a download from ``data.base_url`` into the Keras cache.
+    ``data.source_dir``, when set, is the only place looked at. Otherwise, in order:
+    ``data.system_dir`` (Debian ``dataset-fashion-mnist``), ``data.keras_cache_dir``, then a
+    download from ``data.base_url`` into the Keras cache; the source used is logged.
 
     Returns:
         A label of where they came from and a mapping of spec key to file path.
@@ -139,9 +140,18 @@ def locate(data_cfg: Any, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, dict
     Raises:
         DataError: None of the four options provided the files (one line naming all four).
     """
+    if data_cfg.source_dir is not None:
+        # Named explicitly: used as it is or refused, never replaced by a fallback.
+        folder = resolve(data_cfg.source_dir)
+        missing = [s.filename for s in specs if not (folder / s.filename).is_file()]
+        if missing:
+            raise DataError(
+                f"data.source_dir={data_cfg.source_dir!r} ({folder}) lacks {', '.join(missing)}: "
+                "expected a folder holding the four Fashion-MNIST *-ubyte.gz files, or "
+                "data.source_dir=null to search the system folder, the Keras cache and the web"
+            )
+        return f"data.source_dir ({folder})", {s.key: folder / s.filename for s in specs}
     candidates: list[tuple[str, Path]] = []
-    if data_cfg.get("source_dir"):
-        candidates.append(("data.source_dir", resolve(data_cfg.source_dir)))
     candidates.append(("Debian package dataset-fashion-mnist", resolve(data_cfg.system_dir)))
     candidates.append(("Keras cache", resolve(data_cfg.keras_cache_dir)))
     for label, folder in candidates:
@@ -313,7 +323,7 @@ def load_prepared(folder: Path) -> Splits:
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise DataError(
-            f"prepared data not found in {folder}: run `dvc repro prepare` "
+            f"paths.prepared={folder} holds no prepared data: run `dvc repro prepare` "
             f"(or `python src/prepare.py`) first"
         )
     meta = json.loads(meta_path.read_text())

@@ -65,7 +65,8 @@ def stage_dir(configured: str | None, stage: str) -> Path:
     if configured is None:
         raise ConfigError(
             f"paths.out=None is invalid for {stage}: expected the folder `train` wrote to "
-            f"('.' for the DVC pipeline, or the out_dir an ad-hoc train run printed)"
+            f"('.' for the DVC pipeline, or the out_dir an ad-hoc train run printed), or name "
+            "the run with run_id=<id>"
         )
     return resolve(configured)
 
@@ -87,5 +88,8 @@ def read_run(out: Path) -> dict[str, Any]:
     """Read ``models/run.json`` (MLflow run id, model URI, best epoch) written by ``train``."""
     path = out / RUN_FILE
     if not path.is_file():
-        raise DataError(f"{path} not found: run the train stage first (`dvc repro train`)")
+        raise DataError(
+            f"paths.out={out} holds no {RUN_FILE}: expected the folder `train` wrote to (run "
+            "the train stage first: `dvc repro train`), or name the run with run_id=<id>"
+        )
     return json.loads(path.read_text())

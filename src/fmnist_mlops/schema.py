@@ -18,6 +18,12 @@ METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
 HEADS = ("flatten", "global_avg")
 MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
+# Fashion-MNIST's fixed sizes: what the split settings are checked against before any data
+# is read (prepare verifies the real counts).
+TRAIN_IMAGES, TEST_IMAGES, NUM_CLASSES = 60000, 10000, 10
+# Which way each registry metric improves, and the values it can take.
+METRIC_MODE = {"val_accuracy": "max", "val_loss": "min"}
+METRIC_RANGE = {"val_accuracy": (0.0, 1.0), "val_loss": (0.0, float("inf"))}
 
 
 def _f(description: str, **constraints: Any) -> Any:
@@ -28,7 +34,8 @@ PositiveInt = Annotated[int, _f("an integer > 0", gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # inf and nan (and literals too large for a float, which YAML reads as inf) never run.
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class PathsCfg(_Strict):
@@ -200,4 +207,67 @@ def first_error(data: dict[str, Any], exc: ValidationError, root: Any = None) ->
     value: Any = data
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
+    if err["type"] == "finite_number":
+        return f"{key}={value!r} is invalid: expected a finite number, {description or ''}"
     return f"{key}={value!r} is invalid: expected {description or err['msg']}"
+
+
+def split_sizes(val_split: float) -> dict[str, int]:
+    """Images in the train, val and test splits before any ``data.max_*`` subset.
+
+    As scikit-learn's ``train_test_split`` sizes them (the validation part rounded up).
+    """
+    import math
+
+    n_val = math.ceil(val_split * TRAIN_IMAGES)
+    return {"train": TRAIN_IMAGES - n_val, "val": n_val, "test": TEST_IMAGES}
+
+
+def cross_check(cfg: Config) -> str | None:
+    """The first inconsistency between fields of a valid config, as one line (None: none).
+
+    Each field may be fine alone and the combination still impossible: a subset larger than
+    its split, a batch larger than the training set, a metric/mode pair that promotes worse
+    models.
+    """
+    sizes = split_sizes(cfg.data.val_split)
+    for split, size in sizes.items():
+        if split != "test" and size < NUM_CLASSES:
+            return (
+                f"data.val_split={cfg.data.val_split} is invalid: it leaves {size} {split} images, "
+                f"expected at least {NUM_CLASSES} in each split (one per class)"
+            )
+    for split, size in sizes.items():
+        n = getattr(cfg.data, f"max_{split}")
+        if n is not None and n != size and not NUM_CLASSES <= n <= size - NUM_CLASSES:
+            return (
+                f"data.max_{split}={n} is invalid: expected null, {size} (the whole {split} "
+                f"split) or a stratified subset of {NUM_CLASSES}..{size - NUM_CLASSES} images"
+            )
+    train_images = cfg.data.max_train or sizes["train"]
+    if cfg.train.batch_size > train_images:
+        return (
+            f"train.batch_size={cfg.train.batch_size} is invalid: expected at most the "
+            f"{train_images} training images"
+        )
+    if cfg.train.lr_plateau_factor is not None and (
+        cfg.train.lr_plateau_patience >= cfg.train.patience
+    ):
+        return (
+            f"train.lr_plateau_patience={cfg.train.lr_plateau_patience} is invalid with "
+            f"train.patience={cfg.train.patience}: expected fewer epochs (the rate must get a "
+            "chance to drop before early stopping ends the run), or train.lr_plateau_factor=null"
+        )
+    reg = cfg.registry
+    if reg.mode != METRIC_MODE[reg.metric]:
+        return (
+            f"registry.mode={reg.mode} disagrees with registry.metric={reg.metric}: expected "
+            f"registry.mode={METRIC_MODE[reg.metric]} (and registry.floor in its units)"
+        )
+    low, high = METRIC_RANGE[reg.metric]
+    if not low <= reg.floor <= high:
+        return (
+            f"registry.floor={reg.floor} is invalid for registry.metric={reg.metric}: expected "
+            f"a value in [{low}, {high}]"
+        )
+    return None

@@ -22,20 +22,79 @@ log = logging.getLogger(__name__)
 _MAX_PARAM_LEN = 6000
 
 
-def tracking_uri(cfg: DictConfig | None) -> str:
-    """Return ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else the default.
+def tracking_setting(cfg: DictConfig | None) -> tuple[str | None, str]:
+    """Where the tracking URI comes from and its value.
 
-    The default is ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``,
-    so every stage (and every working directory, DVC's temporary experiment workspaces
-    included) writes to the same store.
+    ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else (setting None) the
+    default ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``, so every
+    stage (and every working directory, DVC's temporary experiment workspaces included) writes
+    to the same store.
     """
     configured = OmegaConf.select(cfg, "mlflow.tracking_uri") if cfg is not None else None
     if configured:
-        return str(configured)
+        return "mlflow.tracking_uri", str(configured)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
-    return f"sqlite:///{store_root() / 'mlflow.db'}"
+        return "MLFLOW_TRACKING_URI", env
+    return None, f"sqlite:///{store_root() / 'mlflow.db'}"
+
+
+def tracking_uri(cfg: DictConfig | None) -> str:
+    """The tracking URI every stage uses (see :func:`tracking_setting`)."""
+    return tracking_setting(cfg)[1]
+
+
+_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
+    """Refuse a tracking URI that cannot work, in one line, before MLflow retries for minutes.
+
+    Raises:
+        ConfigError: Unknown scheme, an SQLite folder that cannot be made, or a tracking
+            server that does not answer ``/health``.
+    """
+    import urllib.error
+    import urllib.request
+
+    from fmnist_mlops.errors import ConfigError
+
+    shown = hide_password(uri)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    expected = "expected sqlite:///path/mlflow.db, postgresql://..., or http(s)://host:port"
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"{setting}={shown!r} has no supported scheme: {expected}")
+    folder = sqlite_dir(uri)
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{setting}={shown!r}: cannot create {folder} ({exc.strerror}): {expected}"
+            ) from None
+    if scheme == "postgresql":
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(
+            sqlalchemy_url(uri), poolclass=NullPool, connect_args={"connect_timeout": int(timeout)}
+        )
+        try:
+            engine.connect().close()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise ConfigError(f"{setting}={shown!r} cannot be reached ({first})") from None
+        finally:
+            engine.dispose()
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"{setting}={shown!r} does not answer ({reason}): start the tracking server "
+                "(`make server`) or fix the URL"
+            ) from None
 
 
 def sqlite_dir(uri: str) -> Path | None:
@@ -59,10 +118,20 @@ def setup(cfg: DictConfig) -> str:
     Returns:
         The experiment id.
     """
-    uri = tracking_uri(cfg)
+    setting, uri = tracking_setting(cfg)
+    check_uri(setting or "the default tracking URI", uri)
     connect(uri)
     name = cfg.mlflow.experiment
-    experiment = mlflow.get_experiment_by_name(name)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+    except Exception as exc:  # SQLAlchemy or MLflow errors: a store that cannot be opened
+        from fmnist_mlops.errors import ConfigError
+
+        first = hide_password(str(exc)).strip().splitlines()[0][:200] if str(exc) else ""
+        raise ConfigError(
+            f"{setting or 'the default tracking URI'}={hide_password(uri)!r} is not usable "
+            f"({type(exc).__name__}: {first})"
+        ) from None
     if experiment is None:
         db_dir = sqlite_dir(uri)
         artifact_location = (db_dir / "mlruns").as_uri() if db_dir else None

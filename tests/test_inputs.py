@@ -1,0 +1,146 @@
+"""User input is used or refused: one line naming the bad value, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import open_dict
+
+from fmnist_mlops import tracking
+from fmnist_mlops.config import compose, validate
+from fmnist_mlops.errors import ConfigError
+
+SCRIPTS = ("prepare", "train", "evaluate", "register", "rollback", "report", "tune")
+
+# (overrides, the start of the one line that refuses them)
+INCONSISTENT = {
+    "metric/mode": (["registry.metric=val_loss"], "registry.mode=max disagrees"),
+    "floor outside the metric": (["registry.floor=1.5"], "registry.floor=1.5 is invalid"),
+    "loss floor below 0": (
+        ["registry.metric=val_loss", "registry.mode=min", "registry.floor=-0.1"],
+        "registry.floor=-0.1 is invalid",
+    ),
+    "subset below a stratified split": (["data.max_val=3"], "data.max_val=3 is invalid"),
+    "subset above its split": (["data.max_test=10001"], "data.max_test=10001 is invalid"),
+    "subset that leaves too few for stratifying": (
+        ["data.max_train=47995"],
+        "data.max_train=47995 is invalid",
+    ),
+    "split with too few val images": (["data.val_split=0.0001"], "data.val_split=0.0001"),
+    "split with too few train images": (["data.val_split=0.9999"], "data.val_split=0.9999"),
+    "batch above the training set": (
+        ["+experiment=smoke", "train.batch_size=513"],
+        "train.batch_size=513 is invalid",
+    ),
+    "plateau patience not below patience": (
+        ["train.patience=3", "train.lr_plateau_patience=3"],
+        "train.lr_plateau_patience=3 is invalid",
+    ),
+    "inf": (["train.lr=inf"], "train.lr=inf is invalid: expected a finite number"),
+    "nan": (["data.val_split=nan"], "data.val_split=nan is invalid: expected a finite number"),
+    "overflowing literal": (["registry.min_delta=1e999"], "registry.min_delta=inf is invalid"),
+    "negative infinity": (["registry.floor=-inf"], "registry.floor=-inf is invalid"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INCONSISTENT))
+def test_inconsistent_or_non_finite_config_is_refused_in_one_line(case):
+    overrides, start = INCONSISTENT[case]
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    assert str(err.value).startswith(start) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["+experiment=smoke"],
+        ["+experiment=best"],
+        ["registry.metric=val_loss", "registry.mode=min", "registry.floor=0.5"],
+        ["data.max_train=48000", "data.max_val=12000", "data.max_test=10000"],
+        ["data.max_train=10", "train.batch_size=10"],
+        ["train.lr_plateau_factor=null", "train.patience=1", "train.lr_plateau_patience=1"],
+    ],
+)
+def test_consistent_configs_still_run(overrides):
+    validate(compose(overrides))
+
+
+def cli(script: str, tmp_path, root, env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            f"src/{script}.py",
+            f"paths.scratch={tmp_path / 'scratch'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+            *args,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_refused(proc, script: str, *needles: str) -> str:
+    said = [line for line in proc.stderr.splitlines() if line.startswith(f"{script}:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(said) == 1 and said[0].startswith(f"{script}: error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in said[0], said[0]
+    return said[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["model=resnet9000"], ("resnet9000", "cnn", "vgg")),  # unknown group option
+        (["train.nonexistent=1"], ("train.nonexistent",)),  # unknown key
+        (["model.filters=[32"], ("[32",)),  # an override that does not parse
+        (["registry.metric=val_loss"], ("registry.mode=max",)),
+        (["data.max_val=3"], ("data.max_val=3",)),
+        (["train.lr=1e999"], ("train.lr=inf",)),
+    ],
+)
+def test_train_refuses_bad_input_before_anything_is_written(
+    args, needles, tmp_path, project_root, subprocess_env
+):
+    proc = cli("train", tmp_path, project_root, subprocess_env, *args)
+    assert_refused(proc, "train", *needles)
+    assert not (tmp_path / "store").exists(), "no MLflow store, no run"
+    assert not (tmp_path / "scratch").exists(), "no scratch folder"
+
+
+@pytest.mark.slow  # one process per entry point
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_entry_point_reports_hydra_errors_in_one_line(
+    script, tmp_path, project_root, subprocess_env
+):
+    proc = cli(script, tmp_path, project_root, subprocess_env, "model=resnet9000")
+    assert_refused(proc, script, "resnet9000")
+
+
+def test_an_explicit_tracking_uri_is_used_or_refused(tmp_path, monkeypatch):
+    cfg = compose([])
+    cases = {
+        "foo://bar": "has no supported scheme",
+        "sqlite:////proc/no/such/mlflow.db": "cannot create /proc/no",
+        "http://127.0.0.1:9": "does not answer",
+        "postgresql://nobody@127.0.0.1:9/db": "cannot be reached",
+    }
+    for uri, problem in cases.items():
+        with open_dict(cfg):
+            cfg.mlflow.tracking_uri = uri
+        with pytest.raises(ConfigError, match=problem) as err:
+            tracking.setup(cfg)
+        assert str(err.value).startswith("mlflow.tracking_uri=")
+    with open_dict(cfg):
+        cfg.mlflow.tracking_uri = None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI='foo://bar' has no supported"):
+        tracking.setup(cfg)
