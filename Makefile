@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 PORT ?= 5001
+UI_PORT ?= 5000
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
@@ -56,8 +57,8 @@ lint: $(STAMP) ## ruff lint + format check
 format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff format src tests benchmarks deploy tools && $(BIN)/ruff check --fix src tests benchmarks deploy tools
 
-ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:5000
-	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p 5000
+ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:UI_PORT (default 5000)
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 -h 127.0.0.1 -p $(UI_PORT)
 
 bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
@@ -74,13 +75,13 @@ screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless
 server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
 
-serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@champion on 127.0.0.1:$(PORT)
+serve: $(STAMP) ## (Re)start serving models:/<model>@champion on 127.0.0.1:PORT (default 5001)
 	@echo "mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(BIN)/python -m fmnist_mlops.servectl start --port $(PORT) -- \
 		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
 
-serve-stop: $(STAMP) ## Stop the model server `make serve` started on $(PORT) (nothing else)
+serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (nothing else)
 	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion

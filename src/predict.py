@@ -1,9 +1,10 @@
 """Classify images with the champion: ``python src/predict.py shirt.jpg``, ``--test-samples 5``."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from fmnist_mlops import tfquiet
+
+tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
 from fmnist_mlops.predict import main  # noqa: E402
 

@@ -4,9 +4,9 @@ The DVC ``evaluate`` stage already does this after scoring; run this to repeat o
 promotion (e.g. after a registry outage) for the model in ``paths.out``.
 """
 
-import os
+from fmnist_mlops import tfquiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -1,8 +1,8 @@
 """``make rollback``: move @champion back to the previous champion."""
 
-import os
+from fmnist_mlops import tfquiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

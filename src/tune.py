@@ -1,8 +1,8 @@
 """Hyper-parameter search: ``python src/tune.py tune.n_trials=20 tune.timeout_s=1800``."""
 
-import os
+from fmnist_mlops import tfquiet
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -195,8 +195,12 @@ def test_a_study_extended_after_its_scratch_is_deleted_promotes_its_best_trial(
     # Finishing the finished study again, all scratch gone: the best trial (whichever run made
     # it) is evaluated from MLflow and offered to the promotion rule once more.
     shutil.rmtree(tmp_path / "scratch")
+    versions = len(client.search_model_versions("name='fashion-mnist-cnn'"))
     again = last_json(tune(4))
     assert again["best_run_id"] == best_run and sum(again["trials"].values()) == 4
+    # the same run and weights are not registered twice
+    assert again["version"] == extended["version"] and again["promoted"] is False
+    assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == versions
 
 
 def test_clean_removes_only_scratch_folders_whose_owner_is_gone(tmp_path, subprocess_env):

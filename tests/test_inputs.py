@@ -144,3 +144,129 @@ def test_an_explicit_tracking_uri_is_used_or_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI='foo://bar' has no supported"):
         tracking.setup(cfg)
+
+
+def png_header_only(path, width: int, height: int):
+    """A tiny PNG file whose header declares a ``width`` x ``height`` grey canvas."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def predict_cli(tmp_path, root, env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "src/predict.py", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["IMG", "--top-k", "11"], "--top-k=11 is invalid: expected an integer in [0, 10]"),
+        (["IMG", "--top-k", "-1"], "--top-k=-1 is invalid"),
+        (["--test-samples", "-1"], "--test-samples=-1 is invalid"),
+        (["--test-samples", "10001"], "--test-samples=10001 is invalid"),
+        (["HUGE"], "declares 400,000,000 pixels, above the cap of 89,478,485"),  # > 2x Pillow
+        (["LARGE"], "10000x10000 = 100,000,000 pixels is above the cap of 89,478,485"),
+        (["IMG", "--model-uri", "models:/nope@champion"], "--model-uri=models:/nope@champion"),
+    ],
+)
+def test_predict_refuses_bad_arguments_and_images_in_one_line(
+    args, needle, tmp_path, project_root, subprocess_env
+):
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "img.png")
+    files = {
+        "IMG": str(tmp_path / "img.png"),
+        "HUGE": str(png_header_only(tmp_path / "huge.png", 20000, 20000)),
+        "LARGE": str(png_header_only(tmp_path / "large.png", 10000, 10000)),
+    }
+    proc = predict_cli(tmp_path, project_root, subprocess_env, *[files.get(a, a) for a in args])
+    said = assert_refused(proc, "predict")
+    assert needle in said, said
+
+
+def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subprocess_env):
+    from PIL import Image, ImageDraw
+
+    from fmnist_mlops.predict import MAX_PIXELS
+
+    width, height = 9000, MAX_PIXELS // 9000  # 89,478,000 pixels: just under the cap
+    image = Image.new("L", (width, height), 255)
+    ImageDraw.Draw(image).rectangle((2000, 2000, 7000, 7000), fill=30)
+    image.save(tmp_path / "big.png", compress_level=1)
+    del image
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from fmnist_mlops.predict import load_images\n"
+        f"x = load_images([Path({str(tmp_path / 'big.png')!r})])\n"
+        "print(x.shape, float(x.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shape, peak, rss_kb = proc.stdout.rsplit(")", 1)[0] + ")", *proc.stdout.split(")")[1].split()
+    assert shape == "(1, 28, 28)" and float(peak) > 200  # dark garment on light: inverted
+    assert int(rss_kb) < 1.5 * 1024 * 1024, f"peak RSS {int(rss_kb) / 1024:.0f} MB"
+
+
+def test_make_ui_port_is_settable_and_help_shows_no_make_variables(project_root):
+    def make(*args: str) -> str:
+        return subprocess.run(
+            ["make", "-s", "-C", str(project_root), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+
+    assert "-p 5123" in make("-n", "ui", "UI_PORT=5123", "STAMP=Makefile")
+    assert "-p 5001" in make("-n", "serve", "STAMP=Makefile")
+    assert "$(" not in make("help")
+
+
+def test_command_output_has_no_tensorflow_banner_and_no_colour_codes(
+    tmp_path, project_root, subprocess_env, smoke_prepared
+):
+    # evaluate.py imports TensorFlow before it finds the run id unknown.
+    args = ("+experiment=smoke", f"paths.prepared={smoke_prepared}", f"run_id={'0' * 32}")
+    proc = cli("evaluate", tmp_path, project_root, subprocess_env, *args)
+    assert_refused(proc, "evaluate", "is not a run of")
+    assert "oneDNN custom operations" not in proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr
+    assert "\x1b[" not in proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["paths.out", "paths.scratch"])
+def test_an_unusable_output_folder_is_refused_before_any_run(
+    setting, tmp_path, project_root, subprocess_env, smoke_prepared
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [
+        "+experiment=smoke",
+        f"paths.prepared={smoke_prepared}",
+        f"{setting}={blocker / 'sub'}",
+    ]
+    proc = cli("train", tmp_path, project_root, subprocess_env, *args)
+    assert_refused(proc, "train", f"{setting}='{blocker / 'sub'}' cannot be used")
+    assert not (tmp_path / "store").exists()

@@ -71,11 +71,13 @@ def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared
     on_disk = json.loads((Path(strong.paths.out) / PROMOTION_JSON).read_text())
     assert on_disk == second
 
-    # The same model again is registered but does not move the alias (a tie is no gain).
+    # The same run and weights again: a no-op that says so (no third version, alias unmoved).
     third = promote(strong)
-    assert not third["promote"] and third["candidate_version"] == 3 and third["champion_after"] == 2
+    assert not third["promote"] and third["candidate_version"] == 2 and third["champion_after"] == 2
+    assert "already registered as version 2" in third["reason"]
+    assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2
     run = client.get_run(third["run_id"])
-    assert run.data.tags["registry.decision"] == "kept"
+    assert run.data.tags["registry.version"] == "2"
 
     assert rollback(strong) == {
         "model_name": "fashion-mnist-cnn",
@@ -143,3 +145,32 @@ def test_two_promotions_at_the_same_moment_end_on_the_better_model(tmp_path, smo
     client, champion, strong_run = race_promotions(tmp_path, smoke_prepared)
     assert champion.run_id == strong_run, "whatever the order, the better model holds @champion"
     assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2
+
+
+def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line_errors(
+    tmp_path, smoke_prepared
+):
+    import subprocess
+    import sys
+
+    from fmnist_mlops.report import build_report
+
+    uri = f"sqlite:///{tmp_path / 'gone.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
+    assert promote(weak)["promote"]
+    strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
+    assert promote(strong)["champion_after"] == 2
+
+    client.delete_model_version("fashion-mnist-cnn", "1")
+    with pytest.raises(RegistryError, match=r"version 1, the champion before version 2, was del"):
+        rollback(strong)
+    assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "2"
+
+    run_id = client.get_model_version("fashion-mnist-cnn", "2").run_id
+    client.delete_run(run_id)
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    subprocess.run([mlflow_bin, "gc", "--backend-store-uri", uri], check=True, capture_output=True)
+    with pytest.raises(RegistryError, match=f"whose run {run_id} is gone") as err:
+        build_report(strong, out=tmp_path / "r.html")
+    assert "\n" not in str(err.value) and not (tmp_path / "r.html").exists()

@@ -7,10 +7,12 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,28 @@ def setup_logging() -> None:
     )
     for noisy in ("alembic", "mlflow", "absl", "h5py", "matplotlib", "urllib3", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    plain_warnings()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_warnings() -> None:
+    """Print warnings without terminal colour codes when stderr is not a terminal.
+
+    MLflow colours some warnings with ANSI escapes; in DVC logs, CI output and files they
+    arrive as ``[33m...[0m`` noise.
+    """
+    if getattr(warnings.formatwarning, "_plain", False):
+        return
+    original = warnings.formatwarning
+
+    def formatwarning(*args: Any, **kwargs: Any) -> str:
+        text = original(*args, **kwargs)
+        return text if sys.stderr.isatty() else _ANSI.sub("", text)
+
+    formatwarning._plain = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
 
 
 def skip_exit_collection() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fmnist_mlops.errors import DataError
-from fmnist_mlops.paths import resolve
+from fmnist_mlops.paths import resolve, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +374,7 @@ def prepare(cfg: Any) -> dict[str, Any]:
         "max": {k: cfg.data.get(f"max_{k}") for k in SPLITS},
     }
     out = resolve(cfg.paths.prepared)
+    writable_dir("paths.prepared", out.parent)
     write_prepared(out, splits, meta)
     log.info("prepare: wrote %s %s", out, meta["counts"])
     return meta

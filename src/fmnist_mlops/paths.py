@@ -60,6 +60,24 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def writable_dir(setting: str, folder: Path) -> Path:
+    """Make sure ``folder`` (what ``setting`` names) exists and can be written, or refuse it.
+
+    Raises:
+        ConfigError: One line naming the setting, the folder and why it cannot be used.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting}={str(folder)!r} cannot be used ({exc.strerror or exc}): expected a "
+            "folder this user can write"
+        ) from None
+    return folder
+
+
 def stage_dir(configured: str | None, stage: str) -> Path:
     """Return ``paths.out`` for stages that read what ``train`` wrote (it must be set)."""
     if configured is None:

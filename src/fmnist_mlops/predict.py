@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,68 @@ def to_fashion_mnist(image: Any, polarity: str = "auto") -> np.ndarray:
     return np.asarray(small, dtype=np.float32)
 
 
-def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
-    """Read image files into an (N, 28, 28) array; one-line error naming a bad file."""
+# Pillow's own decompression-bomb threshold (it only warns up to twice this): a header may
+# declare any canvas, so the size is checked before a single pixel is decoded.
+MAX_PIXELS = 89_478_485
+# Larger images are first reduced by whole factors down to about this side: decoding and
+# shrinking a canvas near the cap then stays far below 1.5 GB.
+_REDUCE_TO = 1024
+
+
+def check_image(path: Path) -> None:
+    """Refuse a file that is not an image or whose header declares more than MAX_PIXELS.
+
+    Raises:
+        DataError: One line naming the file (and the pixel cap when that is the reason).
+    """
+    import warnings as _warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found.group(1)):,} pixels" if found else "a canvas"
+        raise DataError(
+            f"{path}: its header declares {declared}, above the cap of {MAX_PIXELS:,} pixels: "
+            "expected a smaller image"
+        ) from None
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path}: {width}x{height} = {width * height:,} pixels is above the cap of "
+            f"{MAX_PIXELS:,} pixels: expected a smaller image"
+        )
+
+
+def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
+    """Read image files into an (N, 28, 28) array; one-line error naming a bad file.
+
+    Every file is checked (:func:`check_image`) before any is decoded.
+    """
+    import warnings as _warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        check_image(path)
     arrays = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                arrays.append(to_fashion_mnist(img, polarity))
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    factor = max(img.size) // _REDUCE_TO
+                    arrays.append(
+                        to_fashion_mnist(img.reduce(factor) if factor > 1 else img, polarity)
+                    )
         except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
     return np.stack(arrays)
@@ -63,25 +115,27 @@ def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
 def _load_model(model_uri: str, tracking_uri: str | None):
     import mlflow
 
-    from fmnist_mlops.tracking import connect
-    from fmnist_mlops.tracking import tracking_uri as default_uri
+    from fmnist_mlops.tracking import check_uri, connect, hide_password, tracking_setting
 
-    uri = tracking_uri or default_uri(None)
+    if tracking_uri is not None:
+        setting, uri = "--tracking-uri", tracking_uri
+    else:
+        setting, uri = tracking_setting(None)
+    check_uri(setting or "the default tracking URI", uri)
     connect(uri)
-    # Our predict() is deliberately unannotated: type hints would replace the tensor signature.
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     try:
         return mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001 - MLflow, OSError, SQLAlchemy: all mean "cannot"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ProjectError(
-            f"cannot load {model_uri} from {uri}: {first} (run `make repro` first?)"
+            f"--model-uri={model_uri} cannot be loaded from {hide_password(uri)}: {first} "
+            "(run `make repro` first?)"
         ) from None
 
 
-def predict_files(model, paths: list[Path], polarity: str, top_k: int) -> list[dict[str, Any]]:
-    """Predict each file; returns the served model's records with a ``file`` key."""
-    records = model.predict(load_images(paths, polarity), params={"top_k": top_k})
+def predict_files(model, paths: list[Path], images: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+    """Predict the images read from ``paths``; the served model's records with a ``file`` key."""
+    records = model.predict(images, params={"top_k": top_k})
     return [{"file": str(p), **r} for p, r in zip(paths, records, strict=True)]
 
 
@@ -111,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.images and not args.test_samples:
         parser.error("give IMAGE files or --test-samples N")
     try:
+        _check_args(args)
+        # Bad files (unreadable, or a header declaring a huge canvas) fail before the model loads.
+        images = load_images(args.images, args.polarity) if args.images else None
         model = _load_model(args.model_uri, args.tracking_uri)
         if args.test_samples:
             _walkthrough(model, args.test_samples)
         if args.images:
-            rows = predict_files(model, args.images, args.polarity, args.top_k)
+            rows = predict_files(model, args.images, images, args.top_k)
             width = max(len("file"), *(len(r["file"]) for r in rows))
             print(f"{'file':<{width}}  {'class':<12} probability")
             for r in rows:
@@ -126,6 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from fmnist_mlops.schema import TEST_IMAGES
+
+    if not 0 <= args.top_k <= len(CLASS_NAMES):
+        raise ProjectError(
+            f"--top-k={args.top_k} is invalid: expected an integer in [0, {len(CLASS_NAMES)}]"
+        )
+    if not 0 <= args.test_samples <= TEST_IMAGES:
+        raise ProjectError(
+            f"--test-samples={args.test_samples} is invalid: expected an integer in "
+            f"[1, {TEST_IMAGES}] (the real test images)"
+        )
 
 
 def _walkthrough(model, n: int) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -164,43 +165,96 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
     reg = cfg.registry
     client = MlflowClient()
     with registry_lock(reg.model_name, reg.get("lock_url")):
-        candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
-        candidate = _metric_value(candidate_scores, reg.metric)
-        champ = current_champion(client, reg.model_name, reg.alias)
-        champion = None
-        if champ is not None:
-            champ_model = load_network(f"models:/{reg.model_name}/{champ.version}")
-            champion = _metric_value(score(champ_model, splits.x_val, splits.y_val), reg.metric)
-        decision = decide(
-            candidate,
-            champion,
-            mode=reg.mode,
-            min_delta=float(reg.min_delta),
-            floor=float(reg.floor),
-        )
-        version = mlflow.register_model(
-            run_info["model_uri"], reg.model_name, tags={reg.metric: f"{candidate:.6f}"}
-        )
-        client.set_model_version_tag(reg.model_name, version.version, "run_id", run_info["run_id"])
-        if decision.promote:
-            if champ is not None:
-                client.set_model_version_tag(
-                    reg.model_name, version.version, PREVIOUS_TAG, str(champ.version)
-                )
-            client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
-        # Read the alias back: what a server reports is the truth, not what we asked for.
-        after = current_champion(client, reg.model_name, reg.alias)
-        holder = int(after.version) if after is not None else None
-        if decision.promote and holder != int(version.version):
-            raise RegistryError(f"alias {reg.alias} moved to version {holder} concurrently")
+        same = _registered_as(client, reg.model_name, run_info)
+        if same is not None:
+            return _already_registered(client, reg, run_info, same, out)
+        record = _compare_register_move(client, reg, run_info, splits)
+    client.set_tag(
+        run_info["run_id"], "registry.decision", "promoted" if record["promote"] else "kept"
+    )
+    client.set_tag(run_info["run_id"], "registry.version", str(record["candidate_version"]))
+    write_json(out / PROMOTION_JSON, record)
+    log.info(
+        "register: version %s %s (%s); %s is version %s",
+        record["candidate_version"],
+        "promoted" if record["promote"] else "not promoted",
+        record["reason"],
+        reg.alias,
+        record["champion_after"],
+    )
+    return record
 
+
+def _registered_as(client: MlflowClient, name: str, run_info: dict[str, Any]):
+    """The version that already holds this run's logged model (same weights), or None."""
+    for version in client.search_model_versions(f"name='{name}'", max_results=10000):
+        if version.run_id == run_info["run_id"] and version.source == run_info["model_uri"]:
+            return version
+    return None
+
+
+def _already_registered(client, reg, run_info, version, out: Path) -> dict[str, Any]:
+    """Registering the same run and weights again changes nothing, and says so."""
+    champ = current_champion(client, reg.model_name, reg.alias)
+    holder = int(champ.version) if champ is not None else None
+    score_tag = version.tags.get(reg.metric)
     record = {
+        **_rule(reg),
+        "run_id": run_info["run_id"],
+        "candidate_version": int(version.version),
+        "candidate_score": float(score_tag) if score_tag is not None else None,
+        "champion_version": holder,
+        "champion_score": None,
+        "promote": False,
+        "reason": f"run {run_info['run_id']} is already registered as version "
+        f"{version.version} (same weights): nothing registered, nothing moved",
+        "champion_after": holder,
+    }
+    write_json(out / PROMOTION_JSON, record)
+    log.info("register: %s; %s is version %s", record["reason"], reg.alias, holder)
+    return record
+
+
+def _rule(reg: Any) -> dict[str, Any]:
+    return {
         "model_name": reg.model_name,
         "alias": reg.alias,
         "metric": reg.metric,
         "mode": reg.mode,
         "min_delta": float(reg.min_delta),
         "floor": float(reg.floor),
+    }
+
+
+def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dict[str, Any]:
+    """Score candidate and champion on today's validation split, register, maybe move."""
+    candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
+    candidate = _metric_value(candidate_scores, reg.metric)
+    champ = current_champion(client, reg.model_name, reg.alias)
+    champion = None
+    if champ is not None:
+        champ_model = load_network(f"models:/{reg.model_name}/{champ.version}")
+        champion = _metric_value(score(champ_model, splits.x_val, splits.y_val), reg.metric)
+    decision = decide(
+        candidate, champion, mode=reg.mode, min_delta=float(reg.min_delta), floor=float(reg.floor)
+    )
+    version = mlflow.register_model(
+        run_info["model_uri"], reg.model_name, tags={reg.metric: f"{candidate:.6f}"}
+    )
+    client.set_model_version_tag(reg.model_name, version.version, "run_id", run_info["run_id"])
+    if decision.promote:
+        if champ is not None:
+            client.set_model_version_tag(
+                reg.model_name, version.version, PREVIOUS_TAG, str(champ.version)
+            )
+        client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
+    # Read the alias back: what a server reports is the truth, not what we asked for.
+    after = current_champion(client, reg.model_name, reg.alias)
+    holder = int(after.version) if after is not None else None
+    if decision.promote and holder != int(version.version):
+        raise RegistryError(f"alias {reg.alias} moved to version {holder} concurrently")
+    return {
+        **_rule(reg),
         "run_id": run_info["run_id"],
         "candidate_version": int(version.version),
         "candidate_score": candidate,
@@ -209,20 +263,6 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
         **asdict(decision),
         "champion_after": holder,
     }
-    client.set_tag(
-        run_info["run_id"], "registry.decision", "promoted" if decision.promote else "kept"
-    )
-    client.set_tag(run_info["run_id"], "registry.version", str(version.version))
-    write_json(out / PROMOTION_JSON, record)
-    log.info(
-        "register: version %s %s (%s); %s is version %s",
-        version.version,
-        "promoted" if decision.promote else "not promoted",
-        decision.reason,
-        reg.alias,
-        holder,
-    )
-    return record
 
 
 def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
@@ -258,6 +298,14 @@ def rollback(cfg: DictConfig) -> dict[str, Any]:
                 f"{reg.model_name} version {champ.version} was the first @{reg.alias}: "
                 f"there is no previous champion to roll back to"
             )
+        try:
+            client.get_model_version(reg.model_name, previous)
+        except MlflowException:
+            raise RegistryError(
+                f"{reg.model_name} version {previous}, the champion before version "
+                f"{champ.version}, was deleted: nothing to roll back to (set @{reg.alias} on "
+                f"another version in the MLflow UI)"
+            ) from None
         client.set_registered_model_alias(reg.model_name, reg.alias, previous)
         client.set_model_version_tag(reg.model_name, champ.version, "rolled_back", "true")
     log.info("rollback: @%s moved from version %s to %s", reg.alias, champ.version, previous)

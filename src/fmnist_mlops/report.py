@@ -153,7 +153,15 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         raise RegistryError(
             f"no {reg.model_name}@{reg.alias} in {uri}: run `make repro` first"
         ) from None
-    run = client.get_run(version.run_id)
+    try:
+        run = client.get_run(version.run_id)
+    except Exception:  # noqa: BLE001 - MLflow's generic exception for a missing run
+        raise RegistryError(
+            f"{reg.model_name}@{reg.alias} is version {version.version}, whose run "
+            f"{version.run_id} is gone from {tracking.hide_password(uri)} (collected by "
+            "`mlflow gc`?): the report needs its history; `make rollback` or promote another "
+            "version"
+        ) from None
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fmnist_mlops import owner
-from fmnist_mlops.paths import resolve, store_root
+from fmnist_mlops.paths import resolve, store_root, writable_dir
 
 OWNER_FILE = ".owner.json"
 
@@ -34,8 +34,7 @@ def scratch_root(configured: str | os.PathLike) -> Path:
 
 def new_folder(configured: str | os.PathLike, stage: str) -> Path:
     """Make a fresh scratch folder for ``stage``, owned by this process."""
-    root = scratch_root(configured)
-    root.mkdir(parents=True, exist_ok=True)
+    root = writable_dir("paths.scratch", scratch_root(configured))
     folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{stage}-"))
     (folder / OWNER_FILE).write_text(json.dumps(owner.current()))
     return folder
@@ -52,7 +51,7 @@ def out_dir(configured: str | None, stage: str, scratch: str | os.PathLike) -> P
     """
     if configured is None:
         return new_folder(scratch, stage)
-    return resolve(configured)
+    return writable_dir("paths.out", resolve(configured))
 
 
 # A folder is written with its owner record right after it is made; one without a record
