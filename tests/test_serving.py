@@ -133,6 +133,13 @@ BAD_REQUESTS = [
     ),
     ("above 255", json.dumps({"inputs": [[[300] * 28] * 28]}), "application/json", 400, "0-255"),
     ("negative", json.dumps({"inputs": [[[-1] * 28] * 28]}), "application/json", 400, "0-255"),
+    (
+        "long floats out of range",  # MLflow would echo all 784 of them: > 7 KB
+        json.dumps({"inputs": [[[255.12345678901234] * 28] * 28]}),
+        "application/json",
+        400,
+        "0-255",
+    ),
     ("empty list", json.dumps({"inputs": []}), "application/json", 400, ""),
     ("missing inputs", json.dumps({"pixels": [IMG]}), "application/json", 400, ""),
     (
@@ -168,6 +175,94 @@ def test_bad_input_gets_a_small_4xx_and_the_server_keeps_serving(
         assert len(reply) < 4096, f"{len(reply)} bytes: {text[:300]}"
     ok, _ = post(server, json.dumps({"inputs": [IMG]}))
     assert ok == 200
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST with exactly ``headers`` (urllib would add a Content-Type of its own)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/invocations", body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_python_callers_may_pass_raw_integer_pixels(champion, smoke_prepared):
+    mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
+    mlflow.set_registry_uri(champion.mlflow.tracking_uri)
+    options = np.get_printoptions()
+    model = mlflow.pyfunc.load_model(MODEL_URI)
+    assert np.get_printoptions() == options, "loading the model changed NumPy's print options"
+    raw = load_prepared(smoke_prepared).x_test[:8]  # uint8, as in the IDX files and images
+    want = model.predict(raw.astype(np.float32), params={"top_k": 2})
+    for x in (raw, raw.astype(np.int64), raw.astype(np.float64), raw.tolist()):
+        got = model.predict(x, params={"top_k": 2})
+        assert [g["class"] for g in got] == [w["class"] for w in want]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g["probabilities"], w["probabilities"], atol=1e-6)
+    assert np.get_printoptions() == options
+
+
+def http_formats(images: np.ndarray) -> dict[str, tuple[str, str]]:
+    """Every request format the README promises, for the same images: (content type, body)."""
+    flat = images.reshape(len(images), -1).tolist()
+    columns = [f"p{i}" for i in range(784)]
+    csv_rows = [",".join(columns)] + [",".join(str(v) for v in row) for row in flat]
+    return {
+        "inputs": ("application/json", json.dumps({"inputs": images.tolist()})),
+        "instances": ("application/json", json.dumps({"instances": images.tolist()})),
+        "dataframe_split, 784 columns": (
+            "application/json",
+            json.dumps({"dataframe_split": {"columns": columns, "data": flat}}),
+        ),
+        "dataframe_split, one column of 784-value lists": (
+            "application/json",
+            json.dumps({"dataframe_split": {"columns": ["image"], "data": [[r] for r in flat]}}),
+        ),
+        "dataframe_records, 784 keys": (
+            "application/json",
+            json.dumps({"dataframe_records": [dict(zip(columns, r, strict=True)) for r in flat]}),
+        ),
+        "CSV, 784 columns": ("text/csv", "\n".join(csv_rows) + "\n"),
+    }
+
+
+def test_every_documented_request_format_gives_the_same_answers(server, smoke_prepared):
+    images = load_prepared(smoke_prepared).x_test[:3]
+    answers = {}
+    for name, (ctype, body) in http_formats(images).items():
+        status, reply = post(server, body, ctype)
+        assert status == 200, (name, reply[:300])
+        answers[name] = [p["class"] for p in json.loads(reply)["predictions"]]
+    assert len({tuple(a) for a in answers.values()}) == 1, answers
+
+
+UNSUPPORTED = [
+    ("CSV, 5 columns", "text/csv", "a,b,c,d,e\n1,2,3,4,5\n", "5 columns"),
+    ("named inputs", "application/json", json.dumps({"inputs": {"x": IMG}}), "named inputs"),
+    (
+        "dataframe_split, 2 columns",
+        "application/json",
+        json.dumps({"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}}),
+        "2 columns",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "ctype", "body", "needle"), UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED]
+)
+def test_unsupported_formats_get_a_400_that_names_the_accepted_ones(
+    server, name, ctype, body, needle
+):
+    status, reply = post(server, body, ctype)
+    assert status == 400, reply[:300]
+    text = reply.decode()
+    assert needle in text and "784" in text and len(reply) < 4096
 
 
 # ----------------------------------------------------------------------------- predict CLI
@@ -283,6 +378,14 @@ def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
         img = [[0] * 28] * 28
         status, body = post(via_proxy, json.dumps({"inputs": [img]}))
         assert status == 200 and json.loads(body)["predictions"][0]["class"] in CLASS_NAMES
+        payload = json.dumps({"inputs": [img]}).encode()
+        for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/xml"}):
+            status, body = raw_post(via_proxy, payload, headers)
+            assert status == 415 and b"Content-Type must be" in body, (headers, status, body)
+        status, body = raw_post(
+            via_proxy, payload, {"Content-Type": "application/json; charset=utf-8"}
+        )
+        assert status == 200, body[:300]
 
         server_port = int(server.rsplit(":", 1)[1])
         before = serving_rss(server_port)

@@ -135,3 +135,37 @@ def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_
     model, _, _ = fit(cfg, splits, tmp_path / "out", track=False, extra_callbacks=[LastBatch()])
     assert model.steps_per_execution > 1
     assert seen == [(steps - 1, steps // model.steps_per_execution)] * 2
+
+
+def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_cfg):
+    from omegaconf import open_dict
+
+    with open_dict(smoke_cfg):
+        smoke_cfg.train.epochs = 4
+        smoke_cfg.train.patience = 4
+        smoke_cfg.train.monitor = "val_accuracy"
+    result = train(smoke_cfg)
+    metrics = evaluate(smoke_cfg)
+    client = MlflowClient(smoke_cfg.mlflow.tracking_uri)
+    run = client.get_run(result["run_id"])
+    best = int(run.data.metrics["best_epoch"])
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        for key in EPOCH_METRICS
+    }
+    assert best != 0 and history["val_accuracy"][best] > history["val_accuracy"][0]
+
+    mlflow.set_tracking_uri(smoke_cfg.mlflow.tracking_uri)
+    want = history["val_accuracy"][best]
+    found = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"metrics.val_accuracy >= {want - 1e-6}",
+        output_format="list",
+    )
+    [model] = found
+    assert f"models:/{model.model_id}" == result["model_uri"]
+    linked = {m.key: (m.step, m.value) for m in model.metrics}
+    for key in EPOCH_METRICS:
+        assert linked[key] == (best, pytest.approx(history[key][best])), key
+    assert linked["test_accuracy"][1] == pytest.approx(metrics["test_accuracy"])
+    assert linked["test_loss"][1] == pytest.approx(metrics["test_loss"])

@@ -1,7 +1,8 @@
 """Open the MLflow UI in a real headless Chromium, check what a user sees, save screenshots.
 
-Checks the champion's run page lists its logged metrics with the logged values and the
-registered model page shows ``@ champion`` on the champion's version. Used by the browser test
+Checks the champion's run page lists its logged metrics with the logged values, the
+registered model page shows ``@ champion`` on the champion's version, and MLflow 3's page of
+the logged model shows the restored epoch's validation and the test scores. Used by the browser test
 (on a smoke store) and by ``make screenshots`` (on the project store, for ``docs/``).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (no browser download) and Selenium.
@@ -146,6 +147,22 @@ def check_ui(
         _close_assistant(driver)
         shots["model"] = out_dir / "ui-model.png"
         driver.save_screenshot(str(shots["model"]))
+
+        # MLflow 3's page of the logged model behind the champion: the restored epoch's
+        # numbers and the test scores, not the first epoch's.
+        model_id = version.source.removeprefix("models:/")
+        linked = {m.key: m.value for m in client.get_logged_model(model_id).metrics or []}
+        wanted = {k: linked[k] for k in ("val_accuracy", "test_accuracy") if k in linked}
+        assert len(wanted) == 2, f"logged model {model_id} links {sorted(linked)}"
+        driver.get(f"{url}/#/experiments/{run.info.experiment_id}/models/{model_id}")
+        text = _wait_text(driver, lambda t: all(k in t for k in wanted), "the model's metrics")
+        for key, value in wanted.items():
+            assert f"{value:.4f}"[:5] in text or str(round(value, 4))[:5] in text, (
+                f"logged model page does not show {key}={value:.4f}"
+            )
+        _close_assistant(driver)
+        shots["logged_model"] = out_dir / "ui-logged-model.png"
+        driver.save_screenshot(str(shots["logged_model"]))
     return shots
 
 

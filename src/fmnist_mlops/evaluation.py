@@ -72,6 +72,11 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[str, flo
     }
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The MLflow 3 LoggedModel id in ``models:/m-...`` (None for other URIs)."""
+    return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+
+
 def candidate(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The train run a stage works on: ``run_id`` from MLflow, else ``paths.out``'s run.json.
 
@@ -166,7 +171,9 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
                 **{f"test_f1.{name}": c["f1"] for name, c in classes.items()},
                 **{f"test_precision.{name}": c["precision"] for name, c in classes.items()},
                 **{f"test_recall.{name}": c["recall"] for name, c in classes.items()},
-            }
+            },
+            # Also on the logged model, so its MLflow 3 page and search see the test scores.
+            model_id=logged_model_id(run_info["model_uri"]),
         )
         for path in (PER_CLASS_JSON, PREDICTIONS_CSV, CONFUSION_PNG, MISCLASSIFIED_PNG):
             mlflow.log_artifact(str(out / path), "evaluation")

@@ -27,17 +27,18 @@ from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
-from fmnist_mlops.model import IMAGE_SHAPE, build_model, compile_model, steps_per_execution
+from fmnist_mlops.model import build_model, compile_model, steps_per_execution
 from fmnist_mlops.paths import (
     HISTORY_CSV,
     HISTORY_PNG,
     MODEL_FILE,
     RUN_FILE,
     resolve,
+    writable_dir,
     write_json,
 )
 from fmnist_mlops.plots import history_plot
-from fmnist_mlops.scratch import out_dir
+from fmnist_mlops.scratch import out_dir, scratch_root
 
 log = logging.getLogger(__name__)
 
@@ -247,20 +248,25 @@ def fit(
     return model, hist, best_epoch
 
 
-def log_served_model(keras_file: Path, example: np.ndarray) -> mlflow.models.model.ModelInfo:
+def log_served_model(
+    keras_file: Path, example: np.ndarray, best_epoch: int
+) -> mlflow.models.model.ModelInfo:
     """Log the network as the models-from-code pyfunc in ``serving.py`` (name ``model``).
 
-    Tensor signature (-1, 28, 28) float32 with a ``top_k`` param, a real input example, explicit
-    pip requirements (inference costs seconds and lists the wrong TensorFlow), and the class
-    names as an artifact inside the model.
+    Linked to the run's metrics of ``best_epoch`` (the restored weights), so MLflow 3's model
+    page and ``search_logged_models`` show that epoch's numbers, not the first epoch's.
+
+    The signature declares the ``top_k`` param and no input schema on purpose: MLflow's tensor
+    schema enforcement refuses any dtype but the declared one before the model's code runs
+    (uint8 pixels, as read from image files, were refused for a float32 spec), so the model
+    validates its input itself (``serving.validate_pixels``; the contract is in the README).
+    A real uint8 input example, explicit pip requirements (inference costs seconds and lists
+    the wrong TensorFlow), and the class names as an artifact inside the model.
     """
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec
 
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
-        params=ParamSchema([ParamSpec("top_k", "long", 0)]),
-    )
+    signature = ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 0)]))
     with tempfile.TemporaryDirectory() as tmp:
         names = Path(tmp) / "class_names.json"
         names.write_text(json.dumps(list(CLASS_NAMES)))
@@ -272,6 +278,7 @@ def log_served_model(keras_file: Path, example: np.ndarray) -> mlflow.models.mod
             input_example=(example, {"top_k": 3}),
             pip_requirements=pip_requirements(),
             metadata={"class_names": list(CLASS_NAMES)},
+            step=best_epoch,
         )
 
 
@@ -307,6 +314,11 @@ def train(
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
+    # An output folder that cannot work is refused before any run exists.
+    if cfg.paths.out is None:
+        writable_dir("paths.scratch", scratch_root(cfg.paths.scratch))
+    else:
+        writable_dir("paths.out", resolve(cfg.paths.out))
     experiment_id = tracking.setup(cfg)
     tracking.mark_orphaned_runs(experiment_id)
 
@@ -451,7 +463,7 @@ def _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks=()):
     mlflow.log_artifact(str(out / HISTORY_CSV), "plots")
     mlflow.log_artifact(str(out / MODEL_FILE), "checkpoints")
 
-    info = log_served_model(out / MODEL_FILE, splits.x_val[:2].astype("float32"))
+    info = log_served_model(out / MODEL_FILE, splits.x_val[:2], best_epoch)
     record = {"run_id": run_id, "model_uri": info.model_uri, **summary}
     write_json(out / RUN_FILE, record)
     return record, summary, fit_seconds
