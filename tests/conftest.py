@@ -70,6 +70,24 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of the real Fashion-MNIST files (the test fails if they are missing)."""
+    return require_real_data()
+
+
+@pytest.fixture(scope="session")
+def project_copier():
+    """:func:`copy_project`: a fresh-clone-like copy of the checkout in a given folder."""
+    return copy_project
+
+
+@pytest.fixture(scope="session")
+def session_env() -> dict[str, str]:
+    """:func:`venv_env`, for session- and module-scoped fixtures."""
+    return venv_env()
+
+
+@pytest.fixture(scope="session")
 def read_only_rows_fn():
     """:func:`read_only_rows`, for tests that poll a store another process writes."""
     return read_only_rows

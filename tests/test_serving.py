@@ -265,6 +265,19 @@ def test_unsupported_formats_get_a_400_that_names_the_accepted_ones(
     assert needle in text and "784" in text and len(reply) < 4096
 
 
+@pytest.mark.slow  # a 35 MB request and a 10 s wait
+def test_memory_falls_back_after_a_10000_image_request(server):
+    port = int(server.rsplit(":", 1)[1])
+    post(server, json.dumps({"inputs": [IMG]}))
+    idle = serving_rss(port)
+    images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28))
+    status, body = post(server, json.dumps({"inputs": images.tolist()}))
+    assert status == 200 and len(json.loads(body)["predictions"]) == 10_000
+    time.sleep(10)
+    after = serving_rss(port)
+    assert after - idle < 300 * 2**20, f"RSS {idle / 2**20:.0f} -> {after / 2**20:.0f} MB"
+
+
 # ----------------------------------------------------------------------------- predict CLI
 
 
@@ -386,6 +399,11 @@ def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
             via_proxy, payload, {"Content-Type": "application/json; charset=utf-8"}
         )
         assert status == 200, body[:300]
+        for method, path, code in (("GET", "/invocations", 403), ("POST", "/admin", 404)):
+            req = urllib.request.Request(f"{via_proxy}{path}", method=method, data=None)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == code, (method, path, err.value.code)
 
         server_port = int(server.rsplit(":", 1)[1])
         before = serving_rss(server_port)
