@@ -29,11 +29,11 @@ data: ## Make sure the raw IDX files can be found (installs dataset-fashion-mnis
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-test-deps: data ## Make sure nginx, PostgreSQL and Chromium (used by tests) are installed (as root)
+test-deps: data ## Make sure nginx, PostgreSQL, Chromium and curl (used by tests) are installed (as root)
 	@if { [ ! -x /usr/sbin/nginx ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-		|| [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian packages nginx postgresql chromium chromium-driver"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx postgresql chromium chromium-driver; \
+		|| [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/curl ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages nginx postgresql chromium chromium-driver curl"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx postgresql chromium chromium-driver curl; \
 	fi
 
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
