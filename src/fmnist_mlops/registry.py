@@ -24,7 +24,6 @@ from fmnist_mlops import tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import evaluate_into, load_network, score
 from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
@@ -228,6 +227,9 @@ def _rule(reg: Any) -> dict[str, Any]:
 
 def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dict[str, Any]:
     """Score candidate and champion on today's validation split, register, maybe move."""
+    # Here, not at the top: rollback and housekeeping use this module without TensorFlow.
+    from fmnist_mlops.evaluation import load_network, score
+
     candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
     candidate = _metric_value(candidate_scores, reg.metric)
     champ = current_champion(client, reg.model_name, reg.alias)
@@ -276,6 +278,8 @@ def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
         The test metrics, the reports' folder (``out_dir``) and the promotion record
         (``promotion``).
     """
+    from fmnist_mlops.evaluation import evaluate_into
+
     metrics, out = evaluate_into(cfg)
     if cfg.paths.out is None:
         cfg = OmegaConf.merge(cfg, {"paths": {"out": str(out)}})

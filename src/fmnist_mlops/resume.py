@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
@@ -221,7 +220,8 @@ def release(folder: Path) -> None:
     _write_claim(folder, raw["hash"], raw["out"], raw.get("run_id"), held=False)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file's bytes (backups are checked against it before a resume)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -255,8 +255,10 @@ class ResumeState:
     sha256: dict[str, str] = field(default_factory=dict)
     rng: list[list[int]] = field(default_factory=list)
 
-    def model(self) -> keras.Model:
+    def model(self) -> Any:
         """The model after the last finished epoch, optimizer and dropout RNG state included."""
+        import keras
+
         model = keras.saving.load_model(str(self.folder / self.files["last"]), safe_mode=True)
         set_rng_state(model, self.rng)
         return model
@@ -266,18 +268,18 @@ class ResumeState:
         return self.folder / self.files["best"]
 
 
-def _seed_states(model: keras.Model) -> list[Any]:
+def _seed_states(model: Any) -> list[Any]:
     # Dropout's random masks come from these counters; in model order, since their names
     # depend on what else the process has built.
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
-def rng_state(model: keras.Model) -> list[list[int]]:
+def rng_state(model: Any) -> list[list[int]]:
     """The model's seed-generator states, which Keras does not save in ``.keras`` files."""
     return [np.asarray(v.numpy()).tolist() for v in _seed_states(model)]
 
 
-def set_rng_state(model: keras.Model, state: list[list[int]]) -> None:
+def set_rng_state(model: Any, state: list[list[int]]) -> None:
     """Put back what :func:`rng_state` returned (a no-op for an empty state)."""
     if not state:
         return
@@ -309,7 +311,7 @@ def load(folder: Path, expected_hash: str) -> ResumeState | None:
     for role in ("last", "best"):
         name = state.files.get(role)
         path = folder / name if name else None
-        if path is None or not path.is_file() or _sha256(path) != state.sha256.get(name):
+        if path is None or not path.is_file() or sha256_of(path) != state.sha256.get(name):
             return _discard(
                 folder, f"{role} model {name} is missing or corrupt (checksum mismatch)"
             )
@@ -327,116 +329,14 @@ def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class EpochBackup(keras.callbacks.Callback):
-    """After each epoch: save model + optimizer, best model, callback states, history.
-
-    Must come after the checkpoint, early-stopping and LR callbacks in the callback list so it
-    sees their updated state, and before the MLflow logger: an epoch is either in the backup
-    or re-run, and epochs in the backup but missing from MLflow are logged on resume.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        run_id: str,
-        config_hash: str,
-        checkpoint_file: Path,
-        early: keras.callbacks.EarlyStopping,
-        checkpoint: keras.callbacks.ModelCheckpoint,
-        plateau: keras.callbacks.ReduceLROnPlateau | None,
-        history: dict[str, list[float]] | None = None,
-    ) -> None:
-        super().__init__()
-        self.folder, self.run_id, self.hash = folder, run_id, config_hash
-        self.checkpoint_file = checkpoint_file
-        self.early, self.checkpoint, self.plateau = early, checkpoint, plateau
-        self.history = {k: list(v) for k, v in (history or {}).items()}
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
-        logs = logs or {}
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(float(value))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # New file names every epoch, and state.json switched atomically last: a kill at any
-        # moment leaves the previous epoch's consistent set (files and their checksums).
-        previous = _read_files(self.folder)
-        last = f"last-{epoch:04d}.keras"
-        self.model.save(self.folder / last)
-        best = previous.get("best")
-        if self.checkpoint_file.exists() and (self.early.best_epoch == epoch or best is None):
-            best = f"best-{epoch:04d}.keras"
-            shutil.copyfile(self.checkpoint_file, self.folder / best)
-        state = {
-            "run_id": self.run_id,
-            "hash": self.hash,
-            "epoch": epoch,
-            "stopped": bool(self.model.stop_training),
-            "history": self.history,
-            "early": {
-                "wait": self.early.wait,
-                "best": _num(self.early.best),
-                "best_epoch": self.early.best_epoch,
-            },
-            "checkpoint_best": _num(self.checkpoint.best),
-            "plateau": None
-            if self.plateau is None
-            else {
-                "wait": self.plateau.wait,
-                "best": _num(self.plateau.best),
-                "cooldown_counter": self.plateau.cooldown_counter,
-            },
-            "files": {"last": last, "best": best},
-            "rng": rng_state(self.model),
-            "sha256": {name: _sha256(self.folder / name) for name in (last, best) if name},
-        }
-        tmp_state = self.folder / f".{STATE_FILE}.tmp"
-        tmp_state.write_text(json.dumps(state))
-        os.replace(tmp_state, self.folder / STATE_FILE)
-        keep = {STATE_FILE, CLAIM_FILE, last, best}
-        for path in self.folder.iterdir():
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
-
-
-def _read_files(folder: Path) -> dict[str, str]:
+def read_files(folder: Path) -> dict[str, str]:
+    """The ``last``/``best`` file names a backup's state lists (empty if unreadable)."""
     try:
         return json.loads((folder / STATE_FILE).read_text()).get("files", {})
     except (OSError, ValueError):
         return {}
 
 
-def _num(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """A callback's number (NumPy or Python) as a JSON-able float, or None."""
     return None if value is None else float(value)
-
-
-class RestoredEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters and best weights survive a restart."""
-
-    def __init__(
-        self, *args: Any, restored: dict[str, Any] | None = None, best_weights=None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._restored, self._restored_weights = restored, best_weights
-
-    def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: D102
-        super().on_train_begin(logs)
-        if self._restored:
-            self.wait = int(self._restored["wait"])
-            self.best = self._restored["best"]
-            self.best_epoch = int(self._restored["best_epoch"])
-            self.best_weights = self._restored_weights
-
-
-class RestoredReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive a restart (the rate is in the optimizer)."""
-
-    def __init__(self, *args: Any, restored: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._restored = restored
-
-    def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: D102
-        super().on_train_begin(logs)
-        if self._restored:
-            self.wait = int(self._restored["wait"])
-            self.best = self._restored["best"]
-            self.cooldown_counter = int(self._restored["cooldown_counter"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import random
 import shutil
 import sys
@@ -23,6 +22,8 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, augment, feed, nesting, resume, tracking
+from fmnist_mlops import callbacks as callbacks_lib
+from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
@@ -42,8 +43,6 @@ from fmnist_mlops.scratch import out_dir, scratch_root
 
 log = logging.getLogger(__name__)
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow and make TF ops deterministic."""
@@ -61,47 +60,6 @@ def pip_requirements() -> list[str]:
         f"keras=={keras.__version__}",
         f"numpy=={np.__version__}",
     ]
-
-
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Log ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` once per epoch (step = epoch)."""
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
-        logs = logs or {}
-        values = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}
-        if "learning_rate" in logs:  # the rate this epoch used
-            values["lr"] = float(logs["learning_rate"])
-        mlflow.log_metrics(values, step=epoch, synchronous=True)
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """Re-raise a SIGTERM/SIGINT at the next batch if its handler's own raise got lost."""
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
-        raise_if_interrupted()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
-        raise_if_interrupted()
-
-
-class FailOnNaN(keras.callbacks.Callback):
-    """Stop at the first NaN/inf batch loss with an error, instead of training on garbage."""
-
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.lr = lr
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"loss became {float(loss)} at epoch {self.epoch} batch {batch}: "
-                f"train.lr={self.lr} is too high for this model (default: conf/train/default.yaml)"
-            )
 
 
 def keras_verbosity(verbose: str | int) -> int:
@@ -175,19 +133,24 @@ def fit(
         # A resumed run must not let a worse first epoch overwrite the best checkpoint.
         initial_value_threshold=restored.checkpoint_best if restored else None,
     )
-    early = resume.RestoredEarlyStopping(
+    early = callbacks_lib.RestoredEarlyStopping(
         monitor=monitor,
         patience=int(cfg.train.patience),
         restore_best_weights=True,
         restored=restored.early if restored else None,
         best_weights=best_weights,
     )
-    callbacks = [StopOnSignal(), FailOnNaN(float(cfg.train.lr)), checkpoint, early]
+    callbacks = [
+        callbacks_lib.StopOnSignal(),
+        callbacks_lib.FailOnNaN(float(cfg.train.lr)),
+        checkpoint,
+        early,
+    ]
     plateau = None
     if cfg.train.get("lr_plateau_factor"):
         # Cutting the step when the monitored metric stalls buys the last few tenths of a
         # percent that a constant Adam step leaves on the table before early stopping ends it.
-        plateau = resume.RestoredReduceLROnPlateau(
+        plateau = callbacks_lib.RestoredReduceLROnPlateau(
             monitor=monitor,
             factor=float(cfg.train.lr_plateau_factor),
             patience=int(cfg.train.lr_plateau_patience),
@@ -197,7 +160,7 @@ def fit(
         callbacks.append(plateau)
     if backup is not None:
         callbacks.append(
-            resume.EpochBackup(
+            callbacks_lib.EpochBackup(
                 backup.folder,
                 backup.run_id,
                 backup.config_hash,
@@ -209,7 +172,7 @@ def fit(
             )
         )
     if track:
-        callbacks.append(MlflowEpochLogger())
+        callbacks.append(callbacks_lib.MlflowEpochLogger())
     callbacks.extend(extra_callbacks)
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
