@@ -114,10 +114,22 @@ def _terminate_tree(pid: int, timeout: float) -> None:
     for proc in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for proc in alive:  # did not stop in time
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_running(p) for p in tree):
+        time.sleep(0.1)
+    for proc in tree:  # did not stop in time
+        if _running(proc):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def _running(proc: psutil.Process) -> bool:
+    # A process that exited but was not reaped yet (a zombie) is done: only its parent can
+    # remove it (psutil.wait_procs waits for that, forever, when the parent is waiting on us).
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def stop(port: int, timeout: float = 20.0) -> bool:
