@@ -165,6 +165,7 @@ def history_and_weights(cfg) -> tuple[dict, list]:
     return history, model.get_weights()
 
 
+@pytest.mark.slow  # two to three in-process trainings per case
 @pytest.mark.parametrize("case", sorted(EXACT_CASES))
 def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smoke_prepared):
     overrides, epoch, mid_epoch = EXACT_CASES[case]
