@@ -185,3 +185,45 @@ def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smok
     assert len(weights) == len(expected_weights)
     for got, want in zip(weights, expected_weights, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow  # three in-process trainings
+def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others_named(
+    tmp_path, smoke_prepared, caplog
+):
+    import subprocess
+
+    cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=3", "train.patience=3")
+    with open_dict(cfg):
+        cfg.paths.out = None
+    with pytest.raises(Interrupted):
+        train(cfg, callbacks=[InterruptAt(0, mid_epoch=False)])
+    [first] = (tmp_path / ".backups").glob("train-*")
+    claim_file = first / resume.CLAIM_FILE
+    released = json.loads(claim_file.read_text())
+    # Make the first run look live for a moment, so the next one cannot take it over.
+    stand_in = subprocess.Popen(["sleep", "60"])
+    try:
+        from fmnist_mlops import owner
+
+        live = {**owner.current(), "pid": stand_in.pid}
+        live["process_start"] = owner.process_start(stand_in.pid)
+        claim_file.write_text(json.dumps({**released, "owner": live}))
+        with pytest.raises(Interrupted):
+            train(cfg, callbacks=[InterruptAt(1, mid_epoch=False)])
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    claim_file.write_text(json.dumps(released))
+    second = next(p for p in (tmp_path / ".backups").glob("train-*") if p != first)
+    runs = {
+        folder: json.loads((folder / resume.STATE_FILE).read_text())["run_id"]
+        for folder in (first, second)
+    }
+    assert runs[first] != runs[second]
+
+    caplog.set_level(logging.INFO)
+    result = train(cfg)
+    assert result["run_id"] == runs[second], "the most recent interrupted run"
+    assert f"also {runs[first]}" in caplog.text and "2 interrupted run(s)" in caplog.text
+    assert first.exists() and not second.exists(), "the other one is left for its own rerun"
