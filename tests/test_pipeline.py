@@ -208,6 +208,19 @@ def _exp_show(project: Path) -> dict[str, dict]:
     return recorded
 
 
+def run_queue(project: Path, jobs: int, timeout: float = 600) -> str:
+    """`dvc queue start -j JOBS`, then wait until nothing is queued or running."""
+    dvc(project, "queue", "start", "-j", str(jobs))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2, status
+    return status
+
+
 def test_queued_experiments_log_what_dvc_records_and_the_run_cache_adds_no_run(smoke_project):
     project = smoke_project
     before = {r.info.run_id for r in runs(project)}
@@ -226,14 +239,7 @@ def test_queued_experiments_log_what_dvc_records_and_the_run_cache_adds_no_run(s
             "-S",
             "train.lr=0.003",
         )
-    dvc(project, "queue", "start", "-j", "1")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    assert status.count("Success") >= 2, status
+    run_queue(project, jobs=1)
 
     baseline = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     recorded = _exp_show(project)
@@ -301,14 +307,7 @@ def test_two_queue_workers_train_at_once_without_touching_each_other(smoke_proje
             *("exp", "run", "--queue", "-n", f"par-{seed}", "-S", "+experiment=smoke"),
             *("-S", f"seed={seed}", "-S", "train.epochs=6", "-S", "train.patience=6"),
         )
-    dvc(project, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    assert status.count("Success") >= 2, status
+    run_queue(project, jobs=2)
     client = client_for(project)
     new = [r for r in runs(project) if r.info.run_id not in before]
     assert sorted(r.data.tags["dvc_exp_name"] for r in new) == ["par-31", "par-32"]

@@ -62,26 +62,24 @@ def test_serve_records_its_server_and_serve_stop_stops_exactly_that(
 ):
     port = free_tcp_port
     cmd = [sys.executable, "-m", "fmnist_mlops.servectl", "start", "--port", str(port), "--"]
-    ours = subprocess.Popen(
-        [*cmd, *http_server(port)],
-        cwd=tmp_path,
-        env=subprocess_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: port_in_use(port))
-        record = json.loads((tmp_path / ".serve" / f"port-{port}.json").read_text())
-        assert record["owner"]["pid"] == ours.pid  # exec kept the pid: the record is the server
 
-        # `make serve` again: the previous server of this checkout is replaced
-        again = subprocess.Popen(
+    def make_serve() -> subprocess.Popen:
+        return subprocess.Popen(
             [*cmd, *http_server(port)],
             cwd=tmp_path,
             env=subprocess_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    ours = make_serve()
+    try:
+        wait_until(lambda: port_in_use(port))
+        record = json.loads((tmp_path / ".serve" / f"port-{port}.json").read_text())
+        assert record["owner"]["pid"] == ours.pid  # exec kept the pid: the record is the server
+
+        # `make serve` again: the previous server of this checkout is replaced
+        again = make_serve()
         ours.wait(timeout=30)
         wait_until(lambda: port_in_use(port))
         stopped = servectl(tmp_path, subprocess_env, "stop", "--port", str(port))

@@ -178,17 +178,11 @@ def test_bad_input_gets_a_small_4xx_and_the_server_keeps_serving(
 
 
 def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    """POST with exactly ``headers`` (urllib would add a Content-Type of its own)."""
-    import http.client
+    """POST with exactly ``headers``: the measuring tool's client (tools/serving_contract.py)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from serving_contract import post as contract_post
 
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        conn.request("POST", "/invocations", body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return contract_post(url, body, headers)
 
 
 def test_python_callers_may_pass_raw_integer_pixels(champion, smoke_prepared):

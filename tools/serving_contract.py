@@ -69,9 +69,13 @@ def cases() -> dict[str, tuple[bytes, dict[str, str]]]:
     }
 
 
-def post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    """POST ``body`` to ``/invocations`` with exactly ``headers``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST ``body`` to ``<url>/invocations`` with exactly ``headers``.
+
+    Unlike urllib, which adds a Content-Type of its own when none is given.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
     try:
         conn.request("POST", "/invocations", body=body, headers=headers)
         resp = conn.getresponse()
@@ -84,7 +88,7 @@ def table(port: int) -> str:
     """The markdown table of every case against the server on ``port``."""
     rows = ["| request | status | body | message |", "| --- | --- | --- | --- |"]
     for name, (body, headers) in cases().items():
-        status, reply = post(port, body, headers)
+        status, reply = post(f"http://127.0.0.1:{port}", body, headers)
         try:
             message = json.loads(reply).get("message", "")
         except ValueError:
