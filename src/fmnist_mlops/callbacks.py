@@ -1,16 +1,14 @@
 """The Keras callbacks of a training: stop on signals and NaN, log epochs, back up, restore.
 
-Order matters and :func:`ordered` is the one place that sets it: the checkpoint, early
-stopping and the LR plateau update their state first; :class:`EpochBackup` then saves that
-state; :class:`MlflowEpochLogger` logs last, so an epoch is either in the backup or re-run,
-and epochs in the backup but missing from MLflow are logged on resume.
+Order matters (``training.fit`` builds the list): the checkpoint, early stopping and the LR
+plateau update their state first; :class:`EpochBackup` then saves that state;
+:class:`MlflowEpochLogger` logs last, so an epoch is either in the backup or re-run, and
+epochs in the backup but missing from MLflow are logged on resume.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import keras
 import mlflow
 
 from fmnist_mlops.errors import TrainingDiverged, raise_if_interrupted
+from fmnist_mlops.paths import write_json
 from fmnist_mlops.resume import (
     CLAIM_FILE,
     STATE_FILE,
@@ -134,9 +133,7 @@ class EpochBackup(keras.callbacks.Callback):
             "rng": rng_state(self.model),
             "sha256": {name: sha256_of(self.folder / name) for name in (last, best) if name},
         }
-        tmp_state = self.folder / f".{STATE_FILE}.tmp"
-        tmp_state.write_text(json.dumps(state))
-        os.replace(tmp_state, self.folder / STATE_FILE)
+        write_json(self.folder / STATE_FILE, state)
         keep = {STATE_FILE, CLAIM_FILE, last, best}
         for path in self.folder.iterdir():
             if path.name not in keep:

@@ -77,17 +77,6 @@ def logged_model_id(model_uri: str) -> str | None:
     return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
 
-def candidate(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """The train run a stage works on: ``run_id`` from MLflow, else ``paths.out``'s run.json.
-
-    Call after :func:`tracking.setup`. With ``run_id`` nothing is read from a scratch folder:
-    the logged model, the best epoch and its scores all come from the tracking store.
-    """
-    if cfg.run_id:
-        return tracking.run_record(cfg.run_id)
-    return read_run(stage_dir(cfg.paths.out, stage))
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the trained model on the val and test splits and log it to the train run.
 
@@ -111,20 +100,19 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         The metrics written to ``reports/metrics.json``, and the folder holding the reports.
     """
     validate(cfg)
-    if not cfg.run_id:
-        read_run(stage_dir(cfg.paths.out, "evaluate"))  # fail before any heavy work
+    if not cfg.run_id:  # what train wrote, read before any heavy work
+        out = stage_dir(cfg.paths.out, "evaluate")
+        run_info = read_run(out)
     prepared = resolve(cfg.paths.prepared)
     splits = load_prepared(prepared)
     check_split(cfg, splits.meta, prepared)
     tracking.setup(cfg)
-    run_info = candidate(cfg, "evaluate")
-    if cfg.run_id:
-        tracking.check_trained_on(cfg.run_id, splits.meta)
+    if cfg.run_id:  # nothing from a scratch folder: the run, its model and scores in MLflow
+        run_info = tracking.run_record(cfg.run_id, splits.meta)
         model = load_network(run_info["model_uri"])
         out = out_dir(cfg.paths.out, "evaluate", cfg.paths.scratch)
         write_json(out / RUN_FILE, run_info)
     else:
-        out = stage_dir(cfg.paths.out, "evaluate")
         model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
 
     with mlflow.start_run(run_id=run_info["run_id"]):

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.paths import store_root
+from fmnist_mlops.paths import store_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +112,7 @@ def _write_claim(
         "out": out,
         "run_id": run_id,
     }
-    tmp = folder / f".{CLAIM_FILE}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / CLAIM_FILE)
+    write_json(folder / CLAIM_FILE, record)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fmnist_mlops import owner
-from fmnist_mlops.paths import resolve, store_root, writable_dir
+from fmnist_mlops.paths import resolve, store_root, writable_dir, write_json
 
 OWNER_FILE = ".owner.json"
 
@@ -36,7 +36,7 @@ def new_folder(configured: str | os.PathLike, stage: str) -> Path:
     """Make a fresh scratch folder for ``stage``, owned by this process."""
     root = writable_dir("paths.scratch", scratch_root(configured))
     folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{stage}-"))
-    (folder / OWNER_FILE).write_text(json.dumps(owner.current()))
+    write_json(folder / OWNER_FILE, owner.current())
     return folder
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from fmnist_mlops import owner
-from fmnist_mlops.paths import store_root
+from fmnist_mlops.paths import store_root, write_json
 
 
 @contextlib.contextmanager
@@ -170,8 +170,7 @@ def start(port: int, cmd: list[str]) -> None:
             "started: left alone; stop it yourself or choose another PORT"
         )
     path = record_path(port)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"owner": owner.current(), "port": port, "cmd": cmd}))
+    write_json(path, {"owner": owner.current(), "port": port, "cmd": cmd})
     os.execvp(cmd[0], cmd)
 
 

@@ -274,15 +274,20 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def run_record(run_id: str) -> dict[str, Any]:
+def run_record(run_id: str, split_meta: dict[str, Any]) -> dict[str, Any]:
     """What ``models/run.json`` holds for a finished train run, read from MLflow instead.
 
     Lets a later command (evaluation, promotion, a sweep's or a study's end) work on a run whose
     scratch folder is gone: the logged model, the best epoch and its validation scores are in
     the tracking store.
 
+    Args:
+        run_id: The train run.
+        split_meta: The prepared split's ``meta.json``: the run must have been trained on it.
+
     Raises:
-        ConfigError: ``run_id`` is not a finished train run of the current store.
+        ConfigError: ``run_id`` is not a finished train run of the current store, or it was
+            trained with other data hashes or split settings than ``split_meta``'s.
     """
     from fmnist_mlops.errors import ConfigError
 
@@ -301,6 +306,7 @@ def run_record(run_id: str) -> dict[str, Any]:
             f"run_id={run_id} is a {status} {stage or 'untagged'} run: expected the id of a "
             "finished train run"
         )
+    _check_trained_on(run, split_meta)
     models = client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=10
     )
@@ -317,19 +323,11 @@ def run_record(run_id: str) -> dict[str, Any]:
     }
 
 
-def check_trained_on(run_id: str, meta: dict[str, Any]) -> None:
-    """Refuse to score a run on a split other than the one it was trained and validated on.
-
-    Args:
-        run_id: A train run.
-        meta: The prepared split's ``meta.json`` (raw-file hashes and split settings).
-
-    Raises:
-        ConfigError: The run's logged data hashes or split settings differ from ``meta``'s.
-    """
+def _check_trained_on(run: Any, meta: dict[str, Any]) -> None:
+    """Refuse to score a run on a split other than the one it was trained and validated on."""
     from fmnist_mlops.errors import ConfigError
 
-    run = mlflow.tracking.MlflowClient().get_run(run_id)
+    run_id = run.info.run_id
     logged = {k: v for k, v in run.data.tags.items() if k.startswith("data.sha256.")}
     logged.update({k: v for k, v in run.data.params.items() if k.startswith("data.")})
     found = {f"data.sha256.{name}": digest for name, digest in meta["sha256"].items()}
