@@ -1,6 +1,15 @@
 # fashion-mnist-mlops: `make repro` runs the pipeline from a fresh clone, `make test` tests it.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+comma := ,
+# The Python the venv is built with: the first of python3.11/3.12/3.13/python3 that runs a
+# supported version (tools/pick-python); `make install PYTHON=/path/to/python` is used or refused.
+PYTHON ?=
+# TensorFlow build on Linux x86_64: cpu (tensorflow-cpu) or gpu (tensorflow[and-cuda], untested).
+TF ?= cpu
+# uv (the version in uv.lock) installs the lock; INSTALLER=pip installs the same pins with pip.
+INSTALLER ?= uv
+UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
+EXTRAS := $(TF) dev s3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,15 +19,27 @@ UI_PORT ?= 5000
 MODEL_NAME ?= fashion-mnist-cnn
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean
+.PHONY: help python-check install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+python-check: # (order-only) the Python to install with, used or refused: one line and exit 2
+	$(eval PICKED := $(shell tools/pick-python "$(PYTHON)" "$(VENV)"))
+	$(if $(filter error:,$(firstword $(PICKED))),$(error install: $(wordlist 2,99,$(PICKED))))
+	$(if $(filter cpu gpu,$(TF)),,$(error install: TF=$(TF); accepted: cpu, gpu))
+	$(if $(filter pip uv,$(INSTALLER)),,$(error install: INSTALLER=$(INSTALLER); accepted: uv, pip))
+
+$(STAMP): pyproject.toml uv.lock | python-check
+	@echo "install: $(INSTALLER) into $(VENV) with $$($(PICKED) -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+	@test -x $(BIN)/python || $(PICKED) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+ifeq ($(INSTALLER),pip)
+	$(BIN)/uv export -q --frozen --no-hashes --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o $(VENV)/pins.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/pins.txt -e '.[$(subst $(eval ) ,$(comma),$(EXTRAS))]'
+else
+	$(BIN)/uv sync -q --frozen --inexact $(addprefix --extra ,$(EXTRAS))
+endif
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the project with pinned versions
