@@ -62,7 +62,8 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for key, runs in times.items():
         ratio = medians[key] / medians["pip cold"]
-        print(f"| {key} | {medians[key]:.1f} | {', '.join(f'{r:.1f}' for r in runs)} | {ratio:.2f} |")
+        listed = ", ".join(f"{r:.1f}" for r in runs)
+        print(f"| {key} | {medians[key]:.1f} | {listed} | {ratio:.2f} |")
     out = ROOT / "benchmarks" / "results" / "install.json"
     out.write_text(json.dumps({"runs_s": times, "median_s": medians}, indent=2) + "\n")
 

@@ -10,9 +10,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fmnist_mlops.platforms import PRECISION_CHOICES
+
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 STRATEGIES = ("none", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = PRECISION_CHOICES
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")

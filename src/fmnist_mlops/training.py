@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, augment, feed, nesting, resume, tracking
+from fmnist_mlops import CLASS_NAMES, augment, feed, nesting, platforms, resume, tracking
 from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.config import validate
@@ -54,12 +54,14 @@ def seed_everything(seed: int) -> None:
 
 def pip_requirements() -> list[str]:
     """Pinned requirements for logged models (inference by MLflow costs ~6 s and is wrong)."""
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"tensorflow-cpu=={tf.__version__}",
-        f"keras=={keras.__version__}",
-        f"numpy=={np.__version__}",
-    ]
+    return platforms.model_requirements(
+        {
+            "mlflow": mlflow.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        }
+    )
 
 
 def keras_verbosity(verbose: str | int) -> int:
@@ -109,14 +111,20 @@ def fit(
     # Keras' multi-step loop fails under tf.distribute strategies (an unfed placeholder in
     # its while loop, Keras 3.15): one step per call there.
     per_call = steps_per_execution(steps) if cfg.train.distribute == "none" else 1
+    precision = platforms.resolve_precision(cfg.train.precision)
     with strategy.scope():
         if restored is None:
-            model = compile_model(build_model(cfg.model, cfg.train.precision), cfg.train, per_call)
+            model = compile_model(build_model(cfg.model, precision), cfg.train, per_call)
         else:
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
     if track and mlflow.active_run() is not None:
-        mlflow.set_tag("distribute.replicas", str(strategy.num_replicas_in_sync))
+        mlflow.set_tags(
+            {
+                "distribute.replicas": str(strategy.num_replicas_in_sync),
+                "precision.resolved": precision,
+            }
+        )
     if restored is None:
         initial_epoch, past, best_weights = 0, {}, None
     else:

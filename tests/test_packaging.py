@@ -1,0 +1,215 @@
+"""Installs on the supported Pythons and machines: the universal lock, the Python picker, the
+model's own environment, and the hardware-dependent precision."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from fmnist_mlops import platforms
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import targets  # noqa: E402
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_requires_python_admits_exactly_the_supported_versions():
+    spec = SpecifierSet(PYPROJECT["project"]["requires-python"])
+    for version in ("3.11.0", "3.12.1", "3.13.0", "3.13.9"):
+        assert version in spec
+    for version in ("3.10.13", "3.14.0", "3.15.0"):
+        assert version not in spec
+    assert targets.PYTHONS == ("3.11", "3.12", "3.13")
+
+
+def _tf_requirements(reqs: list[str]) -> dict[str, str]:
+    parsed = [Requirement(r) for r in reqs]
+    return {r.name: str(r.marker) for r in parsed if r.name in targets.TF_DISTRIBUTIONS}
+
+
+def test_the_model_requirements_use_the_projects_tensorflow_markers():
+    project = PYPROJECT["project"]
+    declared = _tf_requirements(project["dependencies"] + project["optional-dependencies"]["cpu"])
+    logged = _tf_requirements(
+        platforms.model_requirements({"mlflow": "1", "tensorflow": "2.21.0", "numpy": "2"})
+    )
+    assert (
+        declared
+        == logged
+        == {
+            "tensorflow": str(Requirement(f"x; {platforms.NOT_LINUX_X86_64}").marker),
+            "tensorflow-cpu": str(Requirement(f"x; {platforms.LINUX_X86_64}").marker),
+        }
+    )
+
+
+def test_the_wheel_check_fails_a_pin_without_a_wheel_for_the_target():
+    assert targets.without_wheels({"tensorflow-cpu": "2.21.0"}, "linux-aarch64", "3.12")
+    assert targets.without_wheels({"tensorflow-cpu": "2.21.0"}, "macos-arm64", "3.11")
+    assert targets.without_wheels({"tensorflow": "2.21.0"}, "linux-x86_64", "3.14")
+    assert not targets.without_wheels({"tensorflow-cpu": "2.21.0"}, "linux-x86_64", "3.13")
+    assert targets.without_wheels({"numpy": "0.0.1"}, "linux-x86_64", "3.11")  # not locked
+
+
+# --- the Python `make install` builds with ------------------------------------------------
+
+
+def _fake_python(folder: Path, name: str, version: str | None) -> Path:
+    """A command that answers the version query like a Python would (None: exits 127)."""
+    path = folder / name
+    body = f"echo {version}" if version else "exit 127"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_make_install_refuses_python_3_14_in_one_line(tmp_path):
+    fake = _fake_python(tmp_path, "python3.14", "3.14")
+    proc = subprocess.run(
+        ["make", "-n", "install", f"PYTHON={fake}", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "3.14" in lines[0] and "3.11, 3.12, 3.13" in lines[0]
+
+
+def test_the_picker_runs_candidates_and_skips_those_that_do_not_work(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_python(bin_dir, "python3.11", None)  # a pyenv shim without that version
+    _fake_python(bin_dir, "python3.12", "3.12")
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    pick = [str(ROOT / "tools" / "pick-python"), "", str(tmp_path / "no-venv")]
+    proc = subprocess.run(pick, capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "python3.12")
+    _fake_python(bin_dir, "python3.12", "3.10")
+    _fake_python(bin_dir, "python3.13", None)
+    _fake_python(bin_dir, "python3", "3.14")
+    _fake_python(bin_dir, "python", "2.7")
+    proc = subprocess.run(pick, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stdout.startswith("error: ")
+    # An explicit choice is used or refused, never replaced by a working one.
+    explicit = [pick[0], str(bin_dir / "python3.13"), pick[2]]
+    proc = subprocess.run(explicit, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "does not run" in proc.stdout
+
+
+# --- precision by CPU ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ({"avx512f", "avx512_bf16", "fma"}, "mixed_bfloat16"),  # Zen 4 / Cooper Lake
+        ({"avx512f", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),  # Sapphire Rapids
+        ({"fp", "asimd", "bf16"}, "mixed_bfloat16"),  # Graviton 3 (/proc/cpuinfo Features)
+        ({"feat_bf16", "feat_fp16"}, "mixed_bfloat16"),  # Apple M2+ (sysctl hw.optional.arm)
+        ({"avx512f", "avx2", "fma"}, "float32"),  # Skylake-X: AVX-512 without BF16
+        ({"avx2", "fma"}, "float32"),
+        ({"fp", "asimd"}, "float32"),  # Graviton 2, Apple M1
+        (set(), "float32"),  # flags unreadable
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(flags, want):
+    assert platforms.resolve_precision("auto", frozenset(flags)) == want
+
+
+def test_an_explicit_precision_is_kept_with_a_warning_when_emulated(caplog):
+    assert platforms.resolve_precision("float32", frozenset({"avx512_bf16"})) == "float32"
+    assert not caplog.records
+    assert platforms.resolve_precision("mixed_bfloat16", frozenset({"avx2"})) == "mixed_bfloat16"
+    assert "emulated" in caplog.text
+    with pytest.raises(ValueError, match="bfloat16"):
+        platforms.resolve_precision("bfloat16", frozenset())
+
+
+def test_this_machine_resolves_auto_from_its_own_flags():
+    flags = platforms.cpu_flags()
+    want = "mixed_bfloat16" if flags & platforms.BF16_FLAGS else "float32"
+    assert platforms.resolve_precision("auto") == want
+
+
+# --- resolution for every target (resolver dry runs against the package index) -----------
+
+COMBOS = [
+    (target, python, label)
+    for target in targets.TARGETS
+    for python in targets.PYTHONS
+    for label in targets.EXTRA_SETS
+]
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    """Every target × Python × extra set, resolved in parallel: pins or the resolver's error."""
+
+    def one(combo):
+        target, python, label = combo
+        try:
+            return targets.resolve_project(target, python, targets.EXTRA_SETS[label])
+        except RuntimeError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(6) as pool:
+        return dict(zip(COMBOS, pool.map(one, COMBOS), strict=True))
+
+
+@pytest.mark.slow
+def test_the_lock_matches_pyproject():
+    proc = subprocess.run(
+        [targets.UV, "lock", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", COMBOS, ids=["-".join(c) for c in COMBOS])
+def test_every_target_and_python_resolves_to_the_lock_with_wheels(resolved, combo):
+    target, python, label = combo
+    pins = resolved[combo]
+    assert isinstance(pins, dict), f"{combo} does not resolve: {pins}"
+    tf = {name for name in pins if name in targets.TF_DISTRIBUTIONS}
+    want = "tensorflow-cpu" if target == "linux-x86_64" and label == "cpu" else "tensorflow"
+    assert tf == {want}
+    if label == "gpu" and target == "linux-x86_64":
+        assert any(name.startswith("nvidia-") for name in pins), "and-cuda brought no CUDA"
+    assert targets.without_wheels(pins, target, python) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", targets.TARGETS)
+def test_the_model_requirements_resolve_on_every_target(tmp_path, target):
+    dist, version = platforms.installed_tensorflow()
+    import keras
+    import mlflow
+    import numpy
+
+    reqs = platforms.model_requirements(
+        {
+            "mlflow": mlflow.__version__,
+            "tensorflow": version,
+            "keras": keras.__version__,
+            "numpy": numpy.__version__,
+        }
+    )
+    path = tmp_path / "requirements.txt"
+    path.write_text("\n".join(reqs) + "\n")
+    for python in targets.PYTHONS:
+        pins = targets.resolve(path, target, python)
+        tf = {name for name in pins if name in targets.TF_DISTRIBUTIONS}
+        assert tf == {"tensorflow-cpu" if target == "linux-x86_64" else "tensorflow"}
+        assert pins[tf.pop()] == version
