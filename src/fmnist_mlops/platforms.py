@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from fmnist_mlops.schema import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 # The same markers as pyproject.toml (tests/test_packaging.py checks they agree):
@@ -26,7 +28,6 @@ TF_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
 # float32): AVX-512 BF16 (x86 `avx512_bf16`) or AMX (`amx_bf16`); Arm's BF16 extension is
 # `bf16` in /proc/cpuinfo and `FEAT_BF16` in macOS's sysctl.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "feat_bf16"})
-PRECISION_CHOICES = ("auto", "float32", "mixed_bfloat16")
 
 
 def installed_tensorflow() -> tuple[str, str]:
@@ -99,8 +100,8 @@ def resolve_precision(requested: str, flags: frozenset[str] | None = None) -> st
     Returns:
         ``float32`` or ``mixed_bfloat16``.
     """
-    if requested not in PRECISION_CHOICES:
-        raise ValueError(f"train.precision={requested!r}: accepted {PRECISION_CHOICES}")
+    if requested not in PRECISIONS:
+        raise ValueError(f"train.precision={requested!r}: accepted {PRECISIONS}")
     native = bool(BF16_FLAGS & (cpu_flags() if flags is None else flags))
     if requested == "auto":
         return "mixed_bfloat16" if native else "float32"
