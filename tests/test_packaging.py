@@ -3,11 +3,15 @@ model's own environment, and the hardware-dependent precision."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -213,3 +217,100 @@ def test_the_model_requirements_resolve_on_every_target(tmp_path, target):
         tf = {name for name in pins if name in targets.TF_DISTRIBUTIONS}
         assert tf == {"tensorflow-cpu" if target == "linux-x86_64" else "tensorflow"}
         assert pins[tf.pop()] == version
+
+
+# --- really run where this machine can ----------------------------------------------------
+
+
+def _pyenv_python(version: str) -> Path:
+    """The real CPython ``version`` pyenv installed (pyenv's PATH shims exit 127)."""
+    try:
+        root = Path(
+            subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+        )
+    except OSError:
+        root = Path.home() / ".pyenv"
+    found = sorted((root / "versions").glob(f"{version}.*/bin/python{version}"))
+    if not found:
+        pytest.fail(f"no CPython {version} under {root}/versions: `pyenv install {version}`")
+    return found[-1]
+
+
+def _clean_env(home: Path | None = None) -> dict[str, str]:
+    """A shell-like environment: no venv of this test run on PATH, no MLflow/DVC settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "DVC_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent
+    )
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        env.setdefault(key, "fmnist test")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env.setdefault(key, "test@fashion-mnist-mlops.invalid")
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_make_install_on_python_runs_the_smoke_pipeline(
+    tmp_path, version, project_copier, real_data
+):
+    python = _pyenv_python(version)
+    project = project_copier(tmp_path / "project")
+    env = _clean_env()
+    out = _run(["make", "install", f"PYTHON={python}"], project, env)
+    assert f"with {python} {version}." in out, out
+    bin_dir = project / ".venv" / "bin"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    _run([str(bin_dir / "python"), "-m", "fmnist_mlops.config", "+experiment=smoke"], project, env)
+    _run(["git", "commit", "-qam", "smoke params"], project, env)
+    _run([str(bin_dir / "dvc"), "repro"], project, env)
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.3  # 2 epochs on 512 images; chance is 0.1
+    done = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import sys, tensorflow; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.stdout.strip().splitlines()[-1] == str(tuple(int(v) for v in version.split(".")))
+
+
+@pytest.mark.slow
+def test_prepare_downloads_from_base_url_without_the_system_folder_or_keras_cache(
+    tmp_path, project_copier, real_data, subprocess_env
+):
+    """The data path of a machine without apt (macOS): the official layout over HTTP."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(real_data))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        project = project_copier(tmp_path / "project")
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {**subprocess_env, "HOME": str(home)}
+        overrides = [
+            "+experiment=smoke",
+            f"data.system_dir={tmp_path / 'no-such-folder'}",
+            f"data.base_url=http://127.0.0.1:{server.server_port}/",
+        ]
+        _run([sys.executable, "-m", "fmnist_mlops.config", *overrides], project, env)
+        _run(["git", "commit", "-qam", "no system data"], project, env)
+        _run([str(Path(sys.executable).parent / "dvc"), "repro", "prepare"], project, env)
+    finally:
+        server.shutdown()
+    meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
+    assert meta["source"].startswith(f"download (http://127.0.0.1:{server.server_port}/")
+    cache = home / ".keras" / "datasets" / "fashion-mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in real_data.iterdir())

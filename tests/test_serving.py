@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -419,3 +420,64 @@ def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_champion_runs_in_a_new_venv_built_only_from_its_own_requirements(
+    champion, smoke_prepared, tmp_path
+):
+    """What `mlflow models serve` or a Dockerfile rebuilds: the model's requirements.txt alone,
+    outside the project, gives the same probabilities."""
+    mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
+    mlflow.set_registry_uri(champion.mlflow.tracking_uri)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(MODEL_URI))
+    lines = requirements.read_text().splitlines()
+    assert not (requirements.parent / "uv.lock").exists(), "the project's lock is not the model's"
+    assert any(line.startswith("tensorflow-cpu==") and "x86_64" in line for line in lines)
+    assert any(line.startswith("tensorflow==") and "platform_machine !=" in line for line in lines)
+    images = load_prepared(smoke_prepared).x_test[:16]
+    want = mlflow.pyfunc.load_model(MODEL_URI).predict(images)
+    np.save(tmp_path / "images.npy", images)
+    uv = str(Path(sys.executable).parent / "uv")
+    env_dir = tmp_path / "model-env"
+    # The machine's certificates and proxies stay; this project's venv and settings do not.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "VIRTUAL_ENV", "PYTHON", "DVC_"))
+    }
+    env.update(PATH="/usr/bin:/bin", MLFLOW_TRACKING_URI=champion.mlflow.tracking_uri)
+    for cmd in (
+        [uv, "venv", "-q", "--python", sys.executable, str(env_dir)],
+        [
+            uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(env_dir / "bin" / "python"),
+            "-r",
+            str(requirements),
+        ],
+    ):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=900)
+    script = (
+        "import json, sys, mlflow, numpy as np\n"
+        "try:\n    import fmnist_mlops\n    sys.exit('the project leaked into the model env')\n"
+        "except ImportError:\n    pass\n"
+        f"out = mlflow.pyfunc.load_model({MODEL_URI!r}).predict(np.load('images.npy'))\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [g["class"] for g in got] == [w["class"] for w in want]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g["probabilities"], w["probabilities"])

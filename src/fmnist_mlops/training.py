@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -219,6 +221,19 @@ def fit(
     return model, hist, best_epoch
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def log_served_model(
     keras_file: Path, example: np.ndarray, best_epoch: int
 ) -> mlflow.models.model.ModelInfo:
@@ -238,7 +253,9 @@ def log_served_model(
     from mlflow.types import ParamSchema, ParamSpec
 
     signature = ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 0)]))
-    with tempfile.TemporaryDirectory() as tmp:
+    # The model's environment is its requirements.txt; MLflow would otherwise copy this
+    # project's uv.lock and pyproject.toml (dev tools, the project itself) into every model.
+    with _env("MLFLOW_LOG_UV_FILES", "false"), tempfile.TemporaryDirectory() as tmp:
         names = Path(tmp) / "class_names.json"
         names.write_text(json.dumps(list(CLASS_NAMES)))
         return mlflow.pyfunc.log_model(
