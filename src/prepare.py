@@ -4,13 +4,19 @@ import hydra
 from omegaconf import DictConfig
 
 from fmnist_mlops.cli import entry, run
-from fmnist_mlops.data import prepare
+
+
+def stage(cfg: DictConfig):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.data import prepare
+
+    return prepare(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.data.prepare` with the composed config."""
-    run("prepare", prepare, cfg)
+    run("prepare", stage, cfg)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,19 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops.cli import entry, run  # noqa: E402
-from fmnist_mlops.registry import promote  # noqa: E402
+
+
+def stage(cfg: DictConfig):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.registry import promote
+
+    return promote(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.registry.promote` with the composed config."""
-    run("register", promote, cfg)
+    run("register", stage, cfg)
 
 
 if __name__ == "__main__":

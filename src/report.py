@@ -8,13 +8,19 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops.cli import entry, run  # noqa: E402
-from fmnist_mlops.report import build_report  # noqa: E402
+
+
+def stage(cfg: DictConfig):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.report import build_report
+
+    return build_report(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.report.build_report` (writes ``reports/champion.html``)."""
-    run("report", build_report, cfg)
+    run("report", stage, cfg)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,19 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops.cli import entry, run  # noqa: E402
-from fmnist_mlops.registry import rollback  # noqa: E402
+
+
+def stage(cfg: DictConfig):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.registry import rollback
+
+    return rollback(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.registry.rollback` with the composed config."""
-    run("rollback", rollback, cfg)
+    run("rollback", stage, cfg)
 
 
 if __name__ == "__main__":

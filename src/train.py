@@ -9,13 +9,19 @@ from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops import nesting  # noqa: E402
 from fmnist_mlops.cli import entry, run  # noqa: E402
-from fmnist_mlops.training import train  # noqa: E402
+
+
+def stage(cfg: DictConfig):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.training import train
+
+    return train(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.training.train`; in a sweep (``-m``), keep going on errors."""
-    run("train", train, cfg, **nesting.job_hooks(cfg))
+    run("train", stage, cfg, **nesting.job_hooks(cfg))
 
 
 if __name__ == "__main__":

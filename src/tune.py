@@ -9,14 +9,20 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist_mlops.cli import entry, run  # noqa: E402
-from fmnist_mlops.tuning import tune  # noqa: E402
+
+
+def stage(cfg: DictConfig, overrides: list[str]):
+    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.tuning import tune
+
+    return tune(cfg, overrides)
 
 
 @hydra.main(config_path="../conf", config_name="tune", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Run :func:`fmnist_mlops.tuning.tune` with the command line's overrides."""
     overrides = list(HydraConfig.get().overrides.task)
-    run("tune", lambda c: tune(c, overrides), cfg)
+    run("tune", lambda c: stage(c, overrides), cfg)
 
 
 if __name__ == "__main__":

@@ -314,3 +314,30 @@ def test_prepare_downloads_from_base_url_without_the_system_folder_or_keras_cach
     assert meta["source"].startswith(f"download (http://127.0.0.1:{server.server_port}/")
     cache = home / ".keras" / "datasets" / "fashion-mnist"
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in real_data.iterdir())
+
+
+def test_a_stage_without_tensorflow_installed_says_how_to_install_it(tmp_path, project_root):
+    """`pip install -e .` on Linux x86_64 installs no TensorFlow (it is the cpu/gpu extra)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    proc = subprocess.run(
+        [sys.executable, "src/train.py", f"paths.scratch={tmp_path / 's'}"],
+        cwd=project_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TensorFlow is not installed" in lines[0], lines
+    assert "pip install -e '.[cpu]'" in lines[0]

@@ -20,6 +20,12 @@ from omegaconf import DictConfig
 
 from fmnist_mlops.errors import Interrupted, ProjectError, note_signal
 
+# A plain `pip install -e .` on Linux x86_64 has no TensorFlow: the build is an extra there.
+MISSING_TF = (
+    "TensorFlow is not installed in this environment: `make install`, or "
+    "pip install -e '.[cpu]' (or '.[gpu]' on a Linux x86_64 GPU host)"
+)
+
 
 def setup_logging() -> None:
     """One line per event on stderr; the stage name starts each message."""
@@ -145,6 +151,11 @@ def run(
     except Interrupted as exc:
         print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
         sys.exit(128 + exc.signum)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("tensorflow", "keras"):
+            raise
+        print(f"{stage}: error: {MISSING_TF}", file=sys.stderr)
+        sys.exit(2)
     except ProjectError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         if on_error is None:
