@@ -1,12 +1,11 @@
 """Classify images with the champion: ``python src/predict.py shirt.jpg``, ``--test-samples 5``."""
 
-import sys
-
 from fmnist_mlops import tfquiet
 
 tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
+from fmnist_mlops.cli import command  # noqa: E402
 from fmnist_mlops.predict import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command("predict", main)

@@ -270,3 +270,33 @@ def test_an_unusable_output_folder_is_refused_before_any_run(
     proc = cli("train", tmp_path, project_root, subprocess_env, *args)
     assert_refused(proc, "train", f"{setting}='{blocker / 'sub'}' cannot be used")
     assert not (tmp_path / "store").exists()
+
+
+# Every `python -m fmnist_mlops.<module>` command shares the stages' failure path (cli.fail).
+MODULE_COMMANDS = {
+    "clean-runs": ["-m", "fmnist_mlops.housekeeping", "--no-dvc", "--tracking-uri=foo://x"],
+    "server": ["-m", "fmnist_mlops.server", "--backend-store-uri=foo://x"],
+    "params": ["-m", "fmnist_mlops.config", "--output={tmp}/p.yaml", "train.lr=-1"],
+    "clean": ["-m", "fmnist_mlops.scratch", "--root={tmp}/a-file"],
+    "predict": ["src/predict.py", "--top-k=99", "--test-samples=1"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(MODULE_COMMANDS))
+def test_module_commands_fail_in_one_line_with_exit_2(
+    stage, tmp_path, project_root, subprocess_env
+):
+    args = [a.format(tmp=tmp_path) for a in MODULE_COMMANDS[stage]]
+    (tmp_path / "a-file").write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=project_root,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: error: "), lines
+    assert not (tmp_path / "p.yaml").exists()

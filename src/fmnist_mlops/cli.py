@@ -148,31 +148,56 @@ def run(
     try:
         die_with_parent()
         result = fn(cfg)
-    except Interrupted as exc:
-        print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
-        sys.exit(128 + exc.signum)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("tensorflow", "keras"):
-            raise
-        print(f"{stage}: error: {MISSING_TF}", file=sys.stderr)
-        sys.exit(2)
-    except ProjectError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
-        if on_error is None:
-            sys.exit(2)
-        on_error(exc)
-        return None
     except Exception as exc:
         if on_error is None:
-            raise
-        print(f"{stage}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(fail(stage, exc))
+        known = isinstance(exc, ProjectError)
+        print(
+            f"{stage}: error: {exc if known else f'{type(exc).__name__}: {exc}'}", file=sys.stderr
+        )
         on_error(exc)
         return None
+    except Interrupted as exc:
+        sys.exit(fail(stage, exc))
     if on_success is not None:
         on_success(result)
     if result is not None:
         print(json.dumps(result, default=str))
     return result
+
+
+def fail(stage: str, exc: BaseException) -> int:
+    """The one failure path: a known error becomes one line on stderr and its exit code.
+
+    :class:`ProjectError` (bad input, an unusable setting) and a missing TensorFlow give exit
+    2; an interruption gives 128 + the signal number. Anything else is a bug: re-raised, so
+    its traceback shows.
+    """
+    if isinstance(exc, Interrupted):
+        print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
+        return 128 + exc.signum
+    if isinstance(exc, ModuleNotFoundError) and exc.name in ("tensorflow", "keras"):
+        print(f"{stage}: error: {MISSING_TF}", file=sys.stderr)
+        return 2
+    if isinstance(exc, ProjectError):
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        return 2
+    raise exc
+
+
+def command(stage: str, main: Callable[[], int | None]) -> None:
+    """Run a plain command-line ``main`` (``python -m fmnist_mlops.<module>``, predict.py).
+
+    The same failure path as the Hydra stages (:func:`fail`); SIGTERM and SIGINT end it as
+    an interruption. Exits with ``main``'s return value.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        code = main()
+    except (Exception, Interrupted) as exc:
+        code = fail(stage, exc)
+    sys.exit(code or 0)
 
 
 def entry(stage: str, hydra_main: Callable[[], Any]) -> None:

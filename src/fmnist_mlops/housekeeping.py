@@ -175,7 +175,7 @@ def _dvc_clean(dvc: Path, keep: set[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command line for ``make clean-runs``."""
     from fmnist_mlops.cli import setup_logging
-    from fmnist_mlops.tracking import tracking_uri
+    from fmnist_mlops.tracking import check_uri, tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=None)
@@ -185,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     uri = args.tracking_uri or tracking_uri(None)
+    check_uri("--tracking-uri" if args.tracking_uri else "the project's tracking store", uri)
     result = clean_runs(uri, args.model_name, args.alias, backups_root(uri), dvc=not args.no_dvc)
     print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fmnist_mlops.cli import command
+
+    command("clean-runs", main)

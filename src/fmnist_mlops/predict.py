@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,24 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.images and not args.test_samples:
         parser.error("give IMAGE files or --test-samples N")
-    try:
-        _check_args(args)
-        # Bad files (unreadable, or a header declaring a huge canvas) fail before the model loads.
-        images = load_images(args.images, args.polarity) if args.images else None
-        model = _load_model(args.model_uri, args.tracking_uri)
-        if args.test_samples:
-            _walkthrough(model, args.test_samples)
-        if args.images:
-            rows = predict_files(model, args.images, images, args.top_k)
-            width = max(len("file"), *(len(r["file"]) for r in rows))
-            print(f"{'file':<{width}}  {'class':<12} probability")
-            for r in rows:
-                print(f"{r['file']:<{width}}  {r['class']:<12} {r['probability']:.4f}")
-                for alt in r.get("top_k", [])[1:]:
-                    print(f"{'':<{width}}    {alt['class']:<10} {alt['probability']:.4f}")
-    except ProjectError as exc:
-        print(f"predict: error: {exc}", file=sys.stderr)
-        return 2
+    _check_args(args)
+    # Bad files (unreadable, or a header declaring a huge canvas) fail before the model loads.
+    images = load_images(args.images, args.polarity) if args.images else None
+    model = _load_model(args.model_uri, args.tracking_uri)
+    if args.test_samples:
+        _walkthrough(model, args.test_samples)
+    if args.images:
+        rows = predict_files(model, args.images, images, args.top_k)
+        width = max(len("file"), *(len(r["file"]) for r in rows))
+        print(f"{'file':<{width}}  {'class':<12} probability")
+        for r in rows:
+            print(f"{r['file']:<{width}}  {r['class']:<12} {r['probability']:.4f}")
+            for alt in r.get("top_k", [])[1:]:
+                print(f"{'':<{width}}    {alt['class']:<10} {alt['probability']:.4f}")
     return 0
 
 

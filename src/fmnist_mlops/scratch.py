@@ -73,6 +73,10 @@ def clean(root: Path) -> tuple[list[Path], list[Path]]:
     Returns:
         The folders removed and the folders kept because their owner still runs.
     """
+    from fmnist_mlops.errors import ConfigError
+
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"paths.scratch={root} is a file: expected a folder (or nothing yet)")
     removed, kept = [], []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if not folder.is_dir():
@@ -105,4 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fmnist_mlops.cli import command
+
+    command("clean", main)

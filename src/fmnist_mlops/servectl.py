@@ -186,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start":
         if not cmd:
             parser.error("start needs the server command after --")
-        from fmnist_mlops.errors import ProjectError
-
-        try:
-            start(args.port, cmd)
-        except ProjectError as exc:
-            print(f"serve: error: {exc}", file=sys.stderr)
-            return 2
+        start(args.port, cmd)
     if stop(args.port):
         print(f"stopped the model server on port {args.port}")
     elif port_in_use(args.port):
@@ -205,4 +199,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fmnist_mlops.cli import command
+
+    command("serve", main)

@@ -108,12 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    try:
-        backend = backend_store_uri(args.backend_store_uri)
-        check_reachable(backend)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    backend = backend_store_uri(args.backend_store_uri)
+    check_reachable(backend)
     artifacts = args.artifacts_destination or str(store_root() / "mlruns")
     cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
     print(
@@ -125,4 +121,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fmnist_mlops.cli import command
+
+    command("server", main)
