@@ -16,7 +16,8 @@ STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 PORT ?= 5001
 UI_PORT ?= 5000
-MODEL_NAME ?= fashion-mnist-cnn
+# The registered model to serve: models:/<registry.model_name>@<registry.alias> from conf/.
+MODEL_URI = $(shell $(BIN)/python -c 'from fmnist_mlops.config import champion_uri; print(champion_uri())')
 
 .DEFAULT_GOAL := help
 .PHONY: help python-check install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean
@@ -96,11 +97,11 @@ screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless
 server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
 
-serve: $(STAMP) ## (Re)start serving models:/<model>@champion on 127.0.0.1:PORT (default 5001)
-	@echo "mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)"
+serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@<registry.alias> on 127.0.0.1:PORT (default 5001)
+	@echo "mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(BIN)/python -m fmnist_mlops.servectl start --port $(PORT) -- \
-		$(BIN)/mlflow models serve -m models:/$(MODEL_NAME)@champion --env-manager local -h 127.0.0.1 -p $(PORT)
+		$(BIN)/mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (nothing else)
 	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)

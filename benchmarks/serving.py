@@ -4,7 +4,7 @@ Starts a real ``mlflow models serve`` for each model in turn (same machine, same
 real test images over HTTP and prints one table (also written as JSON):
 single-image latency p50/p95 and batch throughput (images/s, batches of 256).
 
-    python benchmarks/serving.py [--model-uri models:/fashion-mnist-cnn@champion]
+    python benchmarks/serving.py [--model-uri models:/NAME@ALIAS]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def measure(url: str, x: np.ndarray, singles: int, batches: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", default="models:/fashion-mnist-cnn@champion")
+    parser.add_argument("--model-uri", default=None, help="default: @champion of conf/")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}")
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batches", type=int, default=20)
@@ -89,6 +89,10 @@ def main() -> int:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json"
     )
     args = parser.parse_args()
+    if args.model_uri is None:
+        from fmnist_mlops.config import champion_uri
+
+        args.model_uri = champion_uri()
 
     import mlflow
 

@@ -214,3 +214,19 @@ def test_best_experiment_is_selectable_from_the_train_command_line():
     assert job.model.name == next(iter(model_choice.values()))
     for key, value in best.train.items():
         assert job.train[key] == value, key
+
+
+def test_the_model_name_lives_only_in_conf():
+    """Makefile, code, tools and benchmarks read it from the composed config."""
+    name = compose(config_dir=ROOT / "conf").registry.model_name
+    files = [ROOT / "Makefile", *(ROOT / "src").rglob("*.py")]
+    files += [*(ROOT / "tools").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    spelled = [str(f.relative_to(ROOT)) for f in files if name in f.read_text()]
+    assert spelled == []
+
+
+def test_make_serve_serves_the_model_conf_names():
+    cfg = compose(config_dir=ROOT / "conf")
+    dry = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert f"-m models:/{cfg.registry.model_name}@{cfg.registry.alias} " in dry.stdout

@@ -1,6 +1,6 @@
 """Measure what a real `mlflow models serve` answers to each kind of request: a markdown table.
 
-``python tools/serving_contract.py [--model-uri models:/fashion-mnist-cnn@champion]`` starts
+``python tools/serving_contract.py [--model-uri models:/NAME@ALIAS]`` starts
 the scoring server on 127.0.0.1 (as ``make serve`` does), sends every documented request format
 and the client mistakes, and prints status, body size and the start of the message. The
 README's serving tables come from this output.
@@ -106,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     from fmnist_mlops.servectl import running
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model-uri", default="models:/fashion-mnist-cnn@champion")
+    parser.add_argument("--model-uri", default=None, help="default: @champion of conf/")
     parser.add_argument("--port", type=int, default=5391)
     args = parser.parse_args(argv)
+    if args.model_uri is None:
+        from fmnist_mlops.config import champion_uri
+
+        args.model_uri = champion_uri()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", args.model_uri]

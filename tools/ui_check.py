@@ -196,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=f"sqlite:///{root / 'mlflow.db'}")
-    parser.add_argument("--model-name", default="fashion-mnist-cnn")
+    parser.add_argument("--model-name", default=None, help="default: registry.model_name of conf/")
     parser.add_argument("--out", type=Path, default=root / "docs")
     parser.add_argument("--port", type=int, default=5099)
     args = parser.parse_args(argv)
+    if args.model_name is None:
+        from fmnist_mlops.config import compose
+
+        args.model_name = compose().registry.model_name
     with (
         tempfile.TemporaryDirectory() as tmp,
         mlflow_ui(args.store, args.port, Path(tmp) / "ui.log") as url,

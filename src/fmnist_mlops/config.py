@@ -36,6 +36,16 @@ def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Di
     return cfg
 
 
+def champion_uri(overrides: Iterable[str] = ()) -> str:
+    """``models:/<registry.model_name>@<registry.alias>`` of the composed config.
+
+    The one source of the registered model's name for commands outside the stages (serving,
+    prediction, tools, benchmarks, housekeeping).
+    """
+    registry = compose(overrides).registry
+    return f"models:/{registry.model_name}@{registry.alias}"
+
+
 def params_yaml(overrides: Iterable[str] = (), config_dir: Path | None = None) -> str:
     """Return the text of ``params.yaml`` composed from ``conf/`` (byte-identical to DVC's)."""
     return OmegaConf.to_yaml(compose(overrides, config_dir))

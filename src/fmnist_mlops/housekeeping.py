@@ -179,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--model-name", default="fashion-mnist-cnn")
-    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--model-name", default=None, help="default: registry.model_name of conf/")
+    parser.add_argument("--alias", default=None, help="default: registry.alias of conf/")
     parser.add_argument("--no-dvc", action="store_true", help="leave DVC experiments and cache")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.model_name is None or args.alias is None:
+        from fmnist_mlops.config import compose
+
+        registry = compose().registry
+        args.model_name = args.model_name or registry.model_name
+        args.alias = args.alias or registry.alias
     uri = args.tracking_uri or tracking_uri(None)
     check_uri("--tracking-uri" if args.tracking_uri else "the project's tracking store", uri)
     result = clean_runs(uri, args.model_name, args.alias, backups_root(uri), dvc=not args.no_dvc)

@@ -11,8 +11,6 @@ import numpy as np
 from fmnist_mlops import CLASS_NAMES
 from fmnist_mlops.errors import DataError, ProjectError
 
-DEFAULT_MODEL_URI = "models:/fashion-mnist-cnn@champion"
-
 
 def to_fashion_mnist(image: Any, polarity: str = "auto") -> np.ndarray:
     """Convert a PIL image of any size to a 28x28 float32 array in Fashion-MNIST's style.
@@ -144,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="predict.py", description="Classify garment images with a logged model."
     )
     parser.add_argument("images", nargs="*", type=Path, help="PNG/JPEG files of any size")
-    parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="%(default)s")
+    parser.add_argument(
+        "--model-uri", default=None, help="default: models:/<registry.model_name>@<alias> of conf/"
+    )
     parser.add_argument("--tracking-uri", default=None, help="default: the project's store")
     parser.add_argument(
         "--polarity",
@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     # Bad files (unreadable, or a header declaring a huge canvas) fail before the model loads.
     images = load_images(args.images, args.polarity) if args.images else None
+    if args.model_uri is None:
+        from fmnist_mlops.config import champion_uri
+
+        args.model_uri = champion_uri()
     model = _load_model(args.model_uri, args.tracking_uri)
     if args.test_samples:
         _walkthrough(model, args.test_samples)
