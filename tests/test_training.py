@@ -170,3 +170,26 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
         assert linked[key] == (best, pytest.approx(history[key][best])), key
     assert linked["test_accuracy"][1] == pytest.approx(metrics["test_accuracy"])
     assert linked["test_loss"][1] == pytest.approx(metrics["test_loss"])
+
+
+def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke_prepared):
+    """models/model.keras (a DVC output) is published once, verified; never half-written."""
+    from fmnist_mlops.data import load_prepared
+    from fmnist_mlops.training import fit
+
+    cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
+    splits = load_prepared(smoke_prepared)
+    out = tmp_path / "out"
+    fit(cfg, splits, out, track=False)
+    published = out / MODEL_FILE
+    before = published.read_bytes()
+
+    class FailAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            assert published.read_bytes() == before, "the checkpoint overwrote the published model"
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        fit(cfg, splits, out, track=False, extra_callbacks=[FailAfterFirstEpoch()])
+    assert published.read_bytes() == before
+    assert sorted(p.name for p in published.parent.iterdir()) == [published.name]

@@ -1,15 +1,17 @@
 """The Keras callbacks of a training: stop on signals and NaN, log epochs, back up, restore.
 
-Order matters (``training.fit`` builds the list): the checkpoint, early stopping and the LR
-plateau update their state first; :class:`EpochBackup` then saves that state;
-:class:`MlflowEpochLogger` logs last, so an epoch is either in the backup or re-run, and
-epochs in the backup but missing from MLflow are logged on resume.
+Order matters, and :func:`project_chain` is the one place that builds it: the checkpoint,
+early stopping and the LR plateau update their state first; :class:`EpochBackup` then saves
+that state; :class:`MlflowEpochLogger` logs last, so an epoch is either in the backup or
+re-run, and epochs in the backup but missing from MLflow are logged on resume.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,85 @@ class RestoredReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             self.wait = int(self._restored["wait"])
             self.best = self._restored["best"]
             self.cooldown_counter = int(self._restored["cooldown_counter"])
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The callbacks of one training, in their required order, and the ones fit reads back."""
+
+    callbacks: list[keras.callbacks.Callback]
+    early: RestoredEarlyStopping
+
+
+def project_chain(
+    train_cfg: Any,
+    checkpoint_file: Path,
+    restored: Any,
+    best_weights: list | None,
+    backup: Any,
+    history: dict[str, list[float]],
+    track: bool,
+    extra: Sequence[keras.callbacks.Callback] = (),
+) -> Chain:
+    """Build the project's callbacks in the order the resume logic depends on.
+
+    Signals and NaN first; then the best-only checkpoint, early stopping and the LR plateau
+    (their state changes at the end of an epoch); then :class:`EpochBackup`, which saves that
+    state; then :class:`MlflowEpochLogger`; then ``extra``.
+
+    Args:
+        train_cfg: The ``train`` config group.
+        checkpoint_file: Where the best-only checkpoint is written.
+        restored: A ``resume.ResumeState`` to continue from, or None.
+        best_weights: The restored best weights (None when starting fresh).
+        backup: A ``resume.EpochBackupSpec``, or None for no per-epoch backups.
+        history: Epoch metrics so far (a resumed run's).
+        track: Add the MLflow epoch logger.
+        extra: More callbacks, run last.
+    """
+    monitor = train_cfg.monitor
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(checkpoint_file),
+        monitor=monitor,
+        save_best_only=True,
+        verbose=0,
+        # A resumed run must not let a worse first epoch overwrite the best checkpoint.
+        initial_value_threshold=restored.checkpoint_best if restored else None,
+    )
+    early = RestoredEarlyStopping(
+        monitor=monitor,
+        patience=int(train_cfg.patience),
+        restore_best_weights=True,
+        restored=restored.early if restored else None,
+        best_weights=best_weights,
+    )
+    plateau = None
+    if train_cfg.get("lr_plateau_factor"):
+        # Cutting the step when the monitored metric stalls buys the last few tenths of a
+        # percent that a constant Adam step leaves on the table before early stopping ends it.
+        plateau = RestoredReduceLROnPlateau(
+            monitor=monitor,
+            factor=float(train_cfg.lr_plateau_factor),
+            patience=int(train_cfg.lr_plateau_patience),
+            verbose=0,
+            restored=restored.plateau if restored else None,
+        )
+    state = [checkpoint, early, *([plateau] if plateau else [])]
+    chain: list[keras.callbacks.Callback] = [StopOnSignal(), FailOnNaN(float(train_cfg.lr))]
+    chain += state
+    if backup is not None:
+        chain.append(
+            EpochBackup(
+                backup.folder,
+                backup.run_id,
+                backup.config_hash,
+                checkpoint_file,
+                early,
+                checkpoint,
+                plateau,
+                history=history,
+            )
+        )
+    if track:
+        chain.append(MlflowEpochLogger())
+    return Chain([*chain, *extra], early)

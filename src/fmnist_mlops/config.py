@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.paths import project_root
+from fmnist_mlops.paths import project_root, write_text
 
 
 def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> DictConfig:
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     validate(OmegaConf.create(text))
-    tmp = out.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, text)
     print(f"wrote {out} from conf/ {' '.join(args.overrides)}".rstrip())
     return 0
 

@@ -23,6 +23,7 @@ from fmnist_mlops.paths import (
     PER_CLASS_JSON,
     PREDICTIONS_CSV,
     RUN_FILE,
+    atomic,
     read_run,
     resolve,
     stage_dir,
@@ -140,7 +141,7 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         for path in (METRICS_JSON, PER_CLASS_JSON, PREDICTIONS_CSV):
             (out / path).parent.mkdir(parents=True, exist_ok=True)
         write_json(out / PER_CLASS_JSON, classes)
-        with (out / PREDICTIONS_CSV).open("w", newline="") as fh:
+        with atomic(out / PREDICTIONS_CSV) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["index", "actual", "predicted", "probability"])
             for i, (t, p, q) in enumerate(zip(splits.y_test, pred, top_prob, strict=True)):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +91,34 @@ def stage_dir(configured: str | None, stage: str) -> Path:
     return resolve(configured)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
+@contextlib.contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """The one way files are published: write the yielded path, it replaces ``path`` at the end.
+
+    The temporary file sits beside ``path`` (same file system, so the rename is atomic) and
+    keeps its suffix (Keras and matplotlib choose the format by it). A reader, DVC included,
+    sees the old file or the new one, never half of one; on an error the temporary is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(payload, indent=2, default=str) + "\n")
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic`)."""
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def read_run(out: Path) -> dict[str, Any]:

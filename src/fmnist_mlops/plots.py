@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # headless: figures only go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fmnist_mlops.paths import atomic  # noqa: E402
+
 
 def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: int | None) -> Path:
     """Plot loss and accuracy, train vs val, per epoch; mark the restored best epoch."""
@@ -27,7 +29,8 @@ def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: in
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Training history")
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -48,7 +51,8 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (test set)")
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -78,7 +82,8 @@ def misclassified_grid(
             fontsize=7,
         )
     fig.suptitle(f"Most confident mistakes ({len(wrong)} shown)")
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -95,7 +100,8 @@ def filters_plot(kernel: np.ndarray, path: Path) -> Path:
         ax.imshow(kernel[:, :, 0, i], cmap="gray")
         ax.set_title(str(i), fontsize=7)
     fig.suptitle(f"First-layer filters ({kernel.shape[0]}x{kernel.shape[1]}, {n} of them)")
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -118,6 +124,7 @@ def feature_maps_plot(
             axes[row, ch].imshow(maps[:, :, ch], cmap="viridis")
             axes[row, ch].set_title(f"{name}[{ch}] {maps.shape[0]}x{maps.shape[1]}", fontsize=6)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

@@ -25,7 +25,7 @@ from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.evaluation import load_network, per_class, score
-from fmnist_mlops.paths import resolve
+from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
     confusion_plot,
     feature_maps_plot,
@@ -256,10 +256,7 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
     target = out or resolve(cfg.paths.out or ".") / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(target)  # never a half-written report
+    write_text(target, page)
     log.info("report: wrote %s (%d KB)", target, target.stat().st_size // 1024)
     return {
         "report": str(target),

@@ -36,6 +36,7 @@ from fmnist_mlops.paths import (
     HISTORY_PNG,
     MODEL_FILE,
     RUN_FILE,
+    atomic,
     resolve,
     writable_dir,
     write_json,
@@ -87,12 +88,16 @@ def fit(
     track: bool = True,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
-    """Build, compile and fit the model; verify the restored weights are the best checkpoint's.
+    """Build, compile and fit the model; publish the best checkpoint as ``models/model.keras``.
+
+    The best-only checkpoint is written beside ``models/model.keras`` under a temporary name
+    and published (an atomic rename) only once the restored weights are verified to be its
+    weights, so DVC and readers never see a half-written or a not-yet-best model.
 
     Args:
         cfg: The composed config.
         splits: Prepared data.
-        out: Folder for ``models/model.keras`` (the best-only checkpoint).
+        out: Folder for ``models/model.keras``.
         backup: Where to back up each finished epoch (None: no backups).
         restored: A backup to continue from, instead of starting at epoch 0.
         track: Log per-epoch metrics to the active MLflow run (False: no MLflow at all, as in
@@ -105,11 +110,37 @@ def fit(
     # Before seeding: splitting the CPU into logical devices must precede TF's start-up.
     strategy = make_strategy(cfg.train.distribute, int(cfg.train.cpu_replicas))
     seed_everything(int(cfg.seed))
-    checkpoint_path = out / MODEL_FILE
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    monitor = cfg.train.monitor
-    batch_size = int(cfg.train.batch_size)
-    steps = feed.batches_per_epoch(len(splits.x_train), batch_size)
+    published = out / MODEL_FILE
+    published.parent.mkdir(parents=True, exist_ok=True)
+    staging = published.with_name(f".{published.stem}.best{published.suffix}")
+    steps = feed.batches_per_epoch(len(splits.x_train), int(cfg.train.batch_size))
+    model = _compiled_model(cfg, strategy, steps, restored, track)
+    past, best_weights = _resume_from(restored, staging)
+    chain = callbacks_lib.project_chain(
+        cfg.train, staging, restored, best_weights, backup, past, track, extra_callbacks
+    )
+    try:
+        history = _run_epochs(model, cfg, splits, steps, chain.callbacks, restored)
+        raise_if_interrupted()
+        if restored is not None and restored.stopped:
+            model.set_weights(best_weights)
+        best = keras.saving.load_model(str(staging), safe_mode=True, compile=False)
+        if not _weights_equal(model, best):
+            raise RuntimeError(
+                f"best-epoch integrity check failed: in-memory weights differ from {staging}"
+            )
+        os.replace(staging, published)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    hist = {
+        k: [float(v) for v in past.get(k, [])] + [float(v) for v in history.history.get(k, [])]
+        for k in EPOCH_METRICS
+    }
+    return model, hist, int(chain.early.best_epoch)
+
+
+def _compiled_model(cfg, strategy, steps: int, restored, track: bool) -> keras.Model:
     # Keras' multi-step loop fails under tf.distribute strategies (an unfed placeholder in
     # its while loop, Keras 3.15): one step per call there.
     per_call = steps_per_execution(steps) if cfg.train.distribute == "none" else 1
@@ -127,75 +158,32 @@ def fit(
                 "precision.resolved": precision,
             }
         )
+    return model
+
+
+def _resume_from(restored, staging: Path) -> tuple[dict[str, list[float]], list | None]:
+    """The history so far and the best weights of a resumed run (the checkpoint restored)."""
     if restored is None:
-        initial_epoch, past, best_weights = 0, {}, None
-    else:
-        initial_epoch, past = restored.epoch + 1, restored.history
-        shutil.copyfile(restored.best_model_file(), checkpoint_path)
-        best_weights = keras.saving.load_model(
-            str(checkpoint_path), safe_mode=True, compile=False
-        ).get_weights()
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(checkpoint_path),
-        monitor=monitor,
-        save_best_only=True,
-        verbose=0,
-        # A resumed run must not let a worse first epoch overwrite the best checkpoint.
-        initial_value_threshold=restored.checkpoint_best if restored else None,
-    )
-    early = callbacks_lib.RestoredEarlyStopping(
-        monitor=monitor,
-        patience=int(cfg.train.patience),
-        restore_best_weights=True,
-        restored=restored.early if restored else None,
-        best_weights=best_weights,
-    )
-    callbacks = [
-        callbacks_lib.StopOnSignal(),
-        callbacks_lib.FailOnNaN(float(cfg.train.lr)),
-        checkpoint,
-        early,
-    ]
-    plateau = None
-    if cfg.train.get("lr_plateau_factor"):
-        # Cutting the step when the monitored metric stalls buys the last few tenths of a
-        # percent that a constant Adam step leaves on the table before early stopping ends it.
-        plateau = callbacks_lib.RestoredReduceLROnPlateau(
-            monitor=monitor,
-            factor=float(cfg.train.lr_plateau_factor),
-            patience=int(cfg.train.lr_plateau_patience),
-            verbose=0,
-            restored=restored.plateau if restored else None,
-        )
-        callbacks.append(plateau)
-    if backup is not None:
-        callbacks.append(
-            callbacks_lib.EpochBackup(
-                backup.folder,
-                backup.run_id,
-                backup.config_hash,
-                checkpoint_path,
-                early,
-                checkpoint,
-                plateau,
-                history=past,
-            )
-        )
-    if track:
-        callbacks.append(callbacks_lib.MlflowEpochLogger())
-    callbacks.extend(extra_callbacks)
+        return {}, None
+    shutil.copyfile(restored.best_model_file(), staging)
+    best = keras.saving.load_model(str(staging), safe_mode=True, compile=False)
+    return restored.history, best.get_weights()
+
+
+def _run_epochs(model, cfg, splits: Splits, steps: int, callbacks, restored):
+    initial_epoch = 0 if restored is None else restored.epoch + 1
     epochs = int(cfg.train.epochs)
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
     train_batches = feed.training_batches(
         splits.x_train,
         splits.y_train,
-        batch_size,
+        int(cfg.train.batch_size),
         int(cfg.seed),
         augment.batch_transform(cfg.train.get("augment")),
         start_epoch=initial_epoch,
     )
-    history = model.fit(
+    return model.fit(
         train_batches,
         steps_per_epoch=steps,
         shuffle=False,  # the dataset reshuffles itself every epoch
@@ -205,20 +193,6 @@ def fit(
         callbacks=callbacks,
         verbose=keras_verbosity(cfg.train.verbose),
     )
-    raise_if_interrupted()
-    if restored is not None and restored.stopped:
-        model.set_weights(best_weights)
-    hist = {
-        k: [float(v) for v in past.get(k, [])] + [float(v) for v in history.history.get(k, [])]
-        for k in EPOCH_METRICS
-    }
-    best_epoch = int(early.best_epoch)
-    best = keras.saving.load_model(str(checkpoint_path), safe_mode=True, compile=False)
-    if not _weights_equal(model, best):
-        raise RuntimeError(
-            f"best-epoch integrity check failed: in-memory weights differ from {checkpoint_path}"
-        )
-    return model, hist, best_epoch
 
 
 @contextlib.contextmanager
@@ -271,8 +245,7 @@ def log_served_model(
 
 
 def _write_history(hist: dict[str, list[float]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
+    with atomic(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["epoch", *EPOCH_METRICS])
         for epoch in range(len(hist["loss"])):
