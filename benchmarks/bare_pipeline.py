@@ -23,7 +23,7 @@ def main() -> int:
 
     from fmnist_mlops.cli import skip_exit_collection
     from fmnist_mlops.data import Splits, load_raw, locate, split
-    from fmnist_mlops.evaluation import score
+    from fmnist_mlops.evaluation import assess
     from fmnist_mlops.training import fit
 
     skip_exit_collection()  # as every stage does: a fair yardstick
@@ -34,8 +34,8 @@ def main() -> int:
     splits = Splits(*parts["train"], *parts["val"], *parts["test"], meta={})
     with tempfile.TemporaryDirectory() as tmp:
         model, _, _ = fit(cfg, splits, Path(tmp), track=False)
-    test = score(model, splits.x_test, splits.y_test)
-    print(json.dumps({"seconds": time.monotonic() - STARTED, "test_accuracy": test["accuracy"]}))
+    test = assess(model, splits.x_test, splits.y_test)
+    print(json.dumps({"seconds": time.monotonic() - STARTED, "test_accuracy": test.accuracy}))
     return 0
 
 

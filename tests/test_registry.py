@@ -13,7 +13,7 @@ from omegaconf import open_dict
 
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import evaluate, load_network, score
+from fmnist_mlops.evaluation import assess, evaluate, load_network
 from fmnist_mlops.paths import PROMOTION_JSON
 from fmnist_mlops.registry import decide, promote, rollback
 from fmnist_mlops.training import train
@@ -66,7 +66,7 @@ def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared
     splits = load_prepared(smoke_prepared)
     v1 = load_network("models:/fashion-mnist-cnn/1")
     assert second["champion_score"] == pytest.approx(
-        score(v1, splits.x_val, splits.y_val)["accuracy"]
+        assess(v1, splits.x_val, splits.y_val).accuracy
     )
     on_disk = json.loads((Path(strong.paths.out) / PROMOTION_JSON).read_text())
     assert on_disk == second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, feed, tracking
 from fmnist_mlops.config import validate
-from fmnist_mlops.data import check_split, load_prepared
+from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.paths import (
     CONFUSION_PNG,
     METRICS_JSON,
@@ -46,13 +47,45 @@ def load_network(model_uri: str) -> keras.Model:
         return mlflow_tensorflow.load_model(model_uri)
 
 
-def score(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
-    """Return ``loss`` and ``accuracy`` of ``model`` on raw-pixel images ``x``."""
+@dataclass(frozen=True)
+class Assessment:
+    """What a model does on one split: predictions and every metric the project reports."""
+
+    loss: float
+    accuracy: float
+    probs: np.ndarray  # (n, 10) class probabilities
+    pred: np.ndarray  # (n,) predicted class
+    top: np.ndarray  # (n,) probability of the predicted class
+    confusion: np.ndarray  # (10, 10): rows true class, columns predicted
+    classes: dict[str, dict[str, float]]  # per class name: precision, recall, f1, support
+
+    def metric(self, name: str) -> float:
+        """``val_accuracy``/``accuracy`` or ``val_loss``/``loss`` (the promotion metric)."""
+        return self.accuracy if name.endswith("accuracy") else self.loss
+
+
+def assess(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Assessment:
+    """The one place predictions become metrics: evaluate, the promotion, sweeps, the report.
+
+    Args:
+        model: A Keras network taking raw 0-255 pixels.
+        x: Images, (n, 28, 28).
+        y: True classes, (n,).
+    """
+    from sklearn.metrics import confusion_matrix
+
     probs = model.predict(feed.inference_batches(x), verbose=0)
+    pred = np.argmax(probs, axis=1)
     eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
-    accuracy = float(np.mean(np.argmax(probs, axis=1) == y))
-    return {"loss": loss, "accuracy": accuracy, "probs": probs}
+    return Assessment(
+        loss=float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0)))),
+        accuracy=float(np.mean(pred == y)),
+        probs=probs,
+        pred=pred,
+        top=probs[np.arange(len(pred)), pred],
+        confusion=confusion_matrix(y, pred, labels=list(range(len(CLASS_NAMES)))),
+        classes=per_class(y, pred),
+    )
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[str, float]]:
@@ -76,6 +109,20 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[str, flo
 def logged_model_id(model_uri: str) -> str | None:
     """The MLflow 3 LoggedModel id in ``models:/m-...`` (None for other URIs)."""
     return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+
+
+def _write_reports(out: Path, splits: Splits, test: Assessment) -> None:
+    """Per-class scores, per-image predictions, confusion matrix, misclassified grid."""
+    write_json(out / PER_CLASS_JSON, test.classes)
+    with atomic(out / PREDICTIONS_CSV) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "actual", "predicted", "probability"])
+        for i, (t, p, q) in enumerate(zip(splits.y_test, test.pred, test.top, strict=True)):
+            writer.writerow([i, CLASS_NAMES[t], CLASS_NAMES[p], f"{q:.6f}"])
+    confusion_plot(test.confusion, CLASS_NAMES, out / CONFUSION_PNG)
+    misclassified_grid(
+        splits.x_test, splits.y_test, test.pred, test.top, CLASS_NAMES, out / MISCLASSIFIED_PNG
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -117,46 +164,26 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
 
     with mlflow.start_run(run_id=run_info["run_id"]):
-        val = score(model, splits.x_val, splits.y_val)
-        test = score(model, splits.x_test, splits.y_test)
-        probs = test.pop("probs")
-        val.pop("probs")
-        pred = np.argmax(probs, axis=1)
-        top_prob = probs[np.arange(len(pred)), pred]
-        classes = per_class(splits.y_test, pred)
-        from sklearn.metrics import confusion_matrix
-
-        cm = confusion_matrix(splits.y_test, pred, labels=list(range(len(CLASS_NAMES))))
-
+        val = assess(model, splits.x_val, splits.y_val)
+        test = assess(model, splits.x_test, splits.y_test)
         metrics = {
             "run_id": run_info["run_id"],
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
             "best_epoch": run_info["best_epoch"],
             "epochs_trained": run_info["epochs_trained"],
             "test_images": int(len(splits.y_test)),
         }
-        for path in (METRICS_JSON, PER_CLASS_JSON, PREDICTIONS_CSV):
-            (out / path).parent.mkdir(parents=True, exist_ok=True)
-        write_json(out / PER_CLASS_JSON, classes)
-        with atomic(out / PREDICTIONS_CSV) as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["index", "actual", "predicted", "probability"])
-            for i, (t, p, q) in enumerate(zip(splits.y_test, pred, top_prob, strict=True)):
-                writer.writerow([i, CLASS_NAMES[t], CLASS_NAMES[p], f"{q:.6f}"])
-        confusion_plot(cm, CLASS_NAMES, out / CONFUSION_PNG)
-        misclassified_grid(
-            splits.x_test, splits.y_test, pred, top_prob, CLASS_NAMES, out / MISCLASSIFIED_PNG
-        )
-
+        _write_reports(out, splits, test)
+        classes = test.classes
         mlflow.log_metrics(
             {
-                "test_loss": test["loss"],
-                "test_accuracy": test["accuracy"],
-                "eval_val_loss": val["loss"],
-                "eval_val_accuracy": val["accuracy"],
+                "test_loss": test.loss,
+                "test_accuracy": test.accuracy,
+                "eval_val_loss": val.loss,
+                "eval_val_accuracy": val.accuracy,
                 **{f"test_f1.{name}": c["f1"] for name, c in classes.items()},
                 **{f"test_precision.{name}": c["precision"] for name, c in classes.items()},
                 **{f"test_recall.{name}": c["recall"] for name, c in classes.items()},

@@ -130,10 +130,6 @@ def current_champion(client: MlflowClient, name: str, alias: str):
         return None
 
 
-def _metric_value(scores: dict[str, float], metric: str) -> float:
-    return scores[metric.removeprefix("val_")]
-
-
 def promote(cfg: DictConfig) -> dict[str, Any]:
     """Register the evaluated model and move the alias if the promotion rule says so.
 
@@ -227,15 +223,15 @@ def _rule(reg: Any) -> dict[str, Any]:
 def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dict[str, Any]:
     """Score candidate and champion on today's validation split, register, maybe move."""
     # Here, not at the top: rollback and housekeeping use this module without TensorFlow.
-    from fmnist_mlops.evaluation import load_network, score
+    from fmnist_mlops.evaluation import assess, load_network
 
-    candidate_scores = score(load_network(run_info["model_uri"]), splits.x_val, splits.y_val)
-    candidate = _metric_value(candidate_scores, reg.metric)
+    x, y = splits.x_val, splits.y_val
+    candidate = assess(load_network(run_info["model_uri"]), x, y).metric(reg.metric)
     champ = current_champion(client, reg.model_name, reg.alias)
     champion = None
     if champ is not None:
         champ_model = load_network(f"models:/{reg.model_name}/{champ.version}")
-        champion = _metric_value(score(champ_model, splits.x_val, splits.y_val), reg.metric)
+        champion = assess(champ_model, x, y).metric(reg.metric)
     decision = decide(
         candidate, champion, mode=reg.mode, min_delta=float(reg.min_delta), floor=float(reg.floor)
     )

@@ -24,7 +24,7 @@ from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import load_network, per_class, score
+from fmnist_mlops.evaluation import assess, load_network
 from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
     confusion_plot,
@@ -147,6 +147,40 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     tracking.connect(uri)
     client = MlflowClient()
     reg = cfg.registry
+    version, run = _champion(client, reg, uri)
+    prepared = resolve(cfg.paths.prepared)
+    splits = load_prepared(prepared)
+    check_split(cfg, splits.meta, prepared)
+    model = load_network(f"models:/{reg.model_name}@{reg.alias}")
+    test = assess(model, splits.x_test, splits.y_test)
+    logged = run.data.metrics
+    heading = [
+        f"<h1>{html.escape(reg.model_name)}@{html.escape(reg.alias)}</h1>",
+        f'<p class="muted">Report written {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC from '
+        f"{html.escape(tracking.hide_password(uri))}; "
+        f"test split: {html.escape(str(prepared))}.</p>",
+        _table(["", ""], _summary_rows(reg, version, run), left=2),
+    ]
+    sections = heading + _result_sections(client, run, model, splits, test)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(reg.model_name)}@{html.escape(reg.alias)} report</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+    target = out or resolve(cfg.paths.out or ".") / REPORT_FILE
+    write_text(target, page)
+    log.info("report: wrote %s (%d KB)", target, target.stat().st_size // 1024)
+    return {
+        "report": str(target),
+        "version": str(version.version),
+        "run_id": run.info.run_id,
+        "test_accuracy": test.accuracy,
+        "logged_test_accuracy": logged.get("test_accuracy"),
+    }
+
+
+def _champion(client: MlflowClient, reg: Any, uri: str):
+    """The ``registry.alias`` version and its run, or one line saying why there is none."""
     try:
         version = client.get_model_version_by_alias(reg.model_name, reg.alias)
     except Exception:  # noqa: BLE001 - MLflow raises its generic exception for "no alias"
@@ -154,7 +188,7 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
             f"no {reg.model_name}@{reg.alias} in {uri}: run `make repro` first"
         ) from None
     try:
-        run = client.get_run(version.run_id)
+        return version, client.get_run(version.run_id)
     except Exception:  # noqa: BLE001 - MLflow's generic exception for a missing run
         raise RegistryError(
             f"{reg.model_name}@{reg.alias} is version {version.version}, whose run "
@@ -162,33 +196,11 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
             "`mlflow gc`?): the report needs its history; `make rollback` or promote another "
             "version"
         ) from None
-    prepared = resolve(cfg.paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(cfg, splits.meta, prepared)
-    model = load_network(f"models:/{reg.model_name}@{reg.alias}")
 
-    test = score(model, splits.x_test, splits.y_test)
-    probs = test.pop("probs")
-    pred = np.argmax(probs, axis=1)
-    top = probs[np.arange(len(pred)), pred]
-    from sklearn.metrics import confusion_matrix
 
-    cm = confusion_matrix(splits.y_test, pred, labels=list(range(len(CLASS_NAMES))))
-    classes = per_class(splits.y_test, pred)
-    logged = run.data.metrics
-    same_data = all(
-        run.data.tags.get(f"data.sha256.{k}") == v for k, v in splits.meta["sha256"].items()
-    )
-    mismatch = "test_accuracy" in logged and abs(logged["test_accuracy"] - test["accuracy"]) > 1e-6
-    sample = int(np.flatnonzero(splits.y_test == pred)[0]) if (splits.y_test == pred).any() else 0
-    filters_png, maps_png = _what_it_sees(
-        model, splits.x_test[sample], f"test image #{sample}, {CLASS_NAMES[splits.y_test[sample]]}"
-    )
-    history = _history(client, run.info.run_id)
-    best_epoch = int(logged["best_epoch"]) if "best_epoch" in logged else None
-
+def _summary_rows(reg: Any, version: Any, run: Any) -> list[list[str]]:
     p = run.data.params
-    summary = [
+    return [
         ["registered model", f"{reg.model_name} version {version.version} (@{reg.alias})"],
         ["MLflow run", f"{run.info.run_name} ({run.info.run_id})"],
         ["git commit", run.data.tags.get("git_commit", "?")],
@@ -203,9 +215,15 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
             f"seed {p.get('seed', '?')}",
         ],
     ]
+
+
+def _result_sections(client, run, model, splits, test) -> list[str]:
+    """Metrics (recomputed next to logged), history, confusion, per class, mistakes, filters."""
+    logged = run.data.metrics
+    best_epoch = int(logged["best_epoch"]) if "best_epoch" in logged else None
     metrics_rows = [
-        ["test accuracy", test["accuracy"], logged.get("test_accuracy", "")],
-        ["test loss", test["loss"], logged.get("test_loss", "")],
+        ["test accuracy", test.accuracy, logged.get("test_accuracy", "")],
+        ["test loss", test.loss, logged.get("test_loss", "")],
         ["best val accuracy", "", logged.get("best_val_accuracy", "")],
         [
             "best epoch / epochs trained",
@@ -215,53 +233,43 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         ["test images", len(splits.y_test), logged.get("test_images", "")],
     ]
     notes = []
-    if not same_data:
+    if not all(
+        run.data.tags.get(f"data.sha256.{k}") == v for k, v in splits.meta["sha256"].items()
+    ):
         notes.append("The champion's run was trained on other raw files than this split's.")
-    if mismatch:
+    if "test_accuracy" in logged and abs(logged["test_accuracy"] - test.accuracy) > 1e-6:
         notes.append(
             "Recomputed test accuracy differs from the logged one: the prepared split is not "
             "the one this run was evaluated on (check data.* settings)."
         )
     per_class_rows = [
-        [name, c["precision"], c["recall"], c["f1"], c["support"]] for name, c in classes.items()
+        [name, c["precision"], c["recall"], c["f1"], c["support"]]
+        for name, c in test.classes.items()
     ]
-    sections = [
-        f"<h1>{html.escape(reg.model_name)}@{html.escape(reg.alias)}</h1>",
-        f'<p class="muted">Report written {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC from '
-        f"{html.escape(tracking.hide_password(uri))}; "
-        f"test split: {html.escape(str(prepared))}.</p>",
-        _table(["", ""], summary, left=2),
+    right = splits.y_test == test.pred
+    sample = int(np.flatnonzero(right)[0]) if right.any() else 0
+    filters_png, maps_png = _what_it_sees(
+        model, splits.x_test[sample], f"test image #{sample}, {CLASS_NAMES[splits.y_test[sample]]}"
+    )
+    history = _history(client, run.info.run_id)
+    mistakes = _png(
+        misclassified_grid, splits.x_test, splits.y_test, test.pred, test.top, CLASS_NAMES
+    )
+    return [
         "<h2>Metrics</h2>",
         "".join(f'<p class="warn">{html.escape(n)}</p>' for n in notes),
         _table(["", "recomputed now", "logged in MLflow"], metrics_rows),
         "<h2>Training history</h2>",
         f'<img alt="training history" src="{_png(history_plot, history, best_epoch=best_epoch)}">',
         "<h2>Confusion matrix</h2>",
-        f'<img alt="confusion matrix" src="{_png(confusion_plot, cm, CLASS_NAMES)}">',
+        f'<img alt="confusion matrix" src="{_png(confusion_plot, test.confusion, CLASS_NAMES)}">',
         "<h2>Per class (test set)</h2>",
         _table(["class", "precision", "recall", "F1", "support"], per_class_rows),
         "<h2>Most confident mistakes</h2>",
-        '<img alt="misclassified" src="'
-        + _png(misclassified_grid, splits.x_test, splits.y_test, pred, top, CLASS_NAMES)
-        + '">',
+        f'<img alt="misclassified" src="{mistakes}">',
         "<h2>What the network sees</h2>",
         f'<img alt="first-layer filters" src="{filters_png}">' if filters_png else "",
         f'<img alt="feature maps" src="{maps_png}">' if maps_png else "",
         "<h2>Recent runs</h2>",
         _recent_runs(client, run.info.experiment_id, run.info.run_id),
     ]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(reg.model_name)}@{html.escape(reg.alias)} report</title>"
-        f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
-    )
-    target = out or resolve(cfg.paths.out or ".") / REPORT_FILE
-    write_text(target, page)
-    log.info("report: wrote %s (%d KB)", target, target.stat().st_size // 1024)
-    return {
-        "report": str(target),
-        "version": str(version.version),
-        "run_id": run.info.run_id,
-        "test_accuracy": test["accuracy"],
-        "logged_test_accuracy": logged.get("test_accuracy"),
-    }
