@@ -22,18 +22,19 @@ def main() -> int:
     from omegaconf import OmegaConf
 
     from fmnist_mlops.cli import skip_exit_collection
+    from fmnist_mlops.config import validate
     from fmnist_mlops.data import Splits, load_raw, locate, split
     from fmnist_mlops.evaluation import assess
     from fmnist_mlops.training import fit
 
     skip_exit_collection()  # as every stage does: a fair yardstick
-    cfg = OmegaConf.load(ROOT / "params.yaml")
-    _, files = locate(cfg.data)
+    config = validate(OmegaConf.load(ROOT / "params.yaml"))
+    _, files = locate(config.data)
     arrays, _ = load_raw(files)
-    parts = split(arrays, cfg.data)
+    parts = split(arrays, config.data)
     splits = Splits(*parts["train"], *parts["val"], *parts["test"], meta={})
     with tempfile.TemporaryDirectory() as tmp:
-        model, _, _ = fit(cfg, splits, Path(tmp), track=False)
+        model, _, _ = fit(config.train, config.model, config.seed, splits, Path(tmp), track=False)
     test = assess(model, splits.x_test, splits.y_test)
     print(json.dumps({"seconds": time.monotonic() - STARTED, "test_accuracy": test.accuracy}))
     return 0

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from fmnist_mlops.config import compose
+from fmnist_mlops.config import compose, validate
 from fmnist_mlops.model import build_model, compile_model, steps_per_execution
 
 
@@ -50,10 +50,9 @@ def test_takes_raw_pixels_and_returns_probabilities():
 
 
 def test_filters_from_config_change_the_network():
-    cfg = OmegaConf.create(
-        {"filters": [16, 32, 64], "kernel_size": 3, "dense_units": 20, "dropout": 0.1}
-    )
-    model = compile_model(build_model(cfg), compose(config_dir=ROOT / "conf").train)
+    overrides = ["model.filters=[16,32,64]", "model.dense_units=20", "model.dropout=0.1"]
+    config = validate(compose(overrides, config_dir=ROOT / "conf"))
+    model = compile_model(build_model(config.model), config.train)
     assert [model.get_layer(f"conv{i}").filters for i in (1, 2, 3)] == [16, 32, 64]
     assert model.get_layer("pool3").output.shape[1:] == (3, 3, 64)
     assert [m.name for m in model.metrics] == ["loss", "compile_metrics"] or model.metrics_names

@@ -19,6 +19,7 @@ from omegaconf import open_dict
 from test_faults import start_training
 
 from fmnist_mlops import resume
+from fmnist_mlops.config import validate
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import Interrupted
 from fmnist_mlops.paths import MODEL_FILE
@@ -74,9 +75,9 @@ def backup_after_two_epochs(tmp_path: Path, prepared: Path):
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     mlflow.set_experiment("resume-test")  # the active experiment is global: set it for this store
     with mlflow.start_run() as run:
-        fit(
-            cfg, splits, tmp_path / "out", backup=resume.EpochBackupSpec(folder, run.info.run_id, h)
-        )
+        c = validate(cfg)
+        spec = resume.EpochBackupSpec(folder, run.info.run_id, h)
+        fit(c.train, c.model, c.seed, splits, tmp_path / "out", backup=spec)
     return cfg, splits, folder, h
 
 
@@ -94,7 +95,8 @@ def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(tmp_path
         cfg.train.epochs = 3
     out = tmp_path / "resumed"
     with mlflow.start_run(run_id=restored.run_id):
-        _, hist, best_epoch = fit(cfg, splits, out, restored=restored)
+        c = validate(cfg)
+        _, hist, best_epoch = fit(c.train, c.model, c.seed, splits, out, restored=restored)
     assert len(hist["loss"]) == 3, "two restored epochs + one new"
     assert best_epoch == state["early"]["best_epoch"]
     assert (out / MODEL_FILE).read_bytes() == best_before

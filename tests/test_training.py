@@ -12,6 +12,7 @@ import pytest
 from conftest import smoke_config
 from mlflow.tracking import MlflowClient
 
+from fmnist_mlops.config import validate
 from fmnist_mlops.evaluation import evaluate, load_network
 from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
 from fmnist_mlops.training import EPOCH_METRICS, train
@@ -133,7 +134,16 @@ def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_
             seen.append((self.calls[-1], len(self.calls)))
 
     seen: list[tuple[int, int]] = []
-    model, _, _ = fit(cfg, splits, tmp_path / "out", track=False, extra_callbacks=[LastBatch()])
+    c = validate(cfg)
+    model, _, _ = fit(
+        c.train,
+        c.model,
+        c.seed,
+        splits,
+        tmp_path / "out",
+        track=False,
+        extra_callbacks=[LastBatch()],
+    )
     assert model.steps_per_execution > 1
     assert seen == [(steps - 1, steps // model.steps_per_execution)] * 2
 
@@ -180,7 +190,8 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
     splits = load_prepared(smoke_prepared)
     out = tmp_path / "out"
-    fit(cfg, splits, out, track=False)
+    c = validate(cfg)
+    fit(c.train, c.model, c.seed, splits, out, track=False)
     published = out / MODEL_FILE
     before = published.read_bytes()
 
@@ -190,6 +201,14 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        fit(cfg, splits, out, track=False, extra_callbacks=[FailAfterFirstEpoch()])
+        fit(
+            c.train,
+            c.model,
+            c.seed,
+            splits,
+            out,
+            track=False,
+            extra_callbacks=[FailAfterFirstEpoch()],
+        )
     assert published.read_bytes() == before
     assert sorted(p.name for p in published.parent.iterdir()) == [published.name]

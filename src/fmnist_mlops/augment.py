@@ -8,10 +8,11 @@ is as reproducible with augmentation as without.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from fmnist_mlops.schema import AugmentCfg
 
 SIDE = 28
 # Random erasing (Zhong et al., 2017): rectangle area as a share of the image, aspect ratio.
@@ -19,11 +20,11 @@ ERASE_AREA = (0.02, 0.25)
 ERASE_ASPECT = (0.3, 3.3)
 
 
-def enabled(augment_cfg: Any) -> bool:
-    """True when ``train.augment`` asks for any augmentation."""
+def enabled(augment_cfg: AugmentCfg | None) -> bool:
+    """True when ``train.augment`` asks for any augmentation (None: a caller without any)."""
     if augment_cfg is None:
         return False
-    return bool(augment_cfg.flip) or augment_cfg.shift > 0 or augment_cfg.erase > 0
+    return augment_cfg.flip or augment_cfg.shift > 0 or augment_cfg.erase > 0
 
 
 def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -68,7 +69,7 @@ def _erase(x: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
     return tf.where(mask, noise, x)
 
 
-def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: Any) -> tf.Tensor:
+def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: AugmentCfg) -> tf.Tensor:
     """Augment a batch of raw-pixel images ``(batch, 28, 28)`` float32.
 
     Args:
@@ -80,15 +81,17 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor, augment_cfg: Any) -> tf.Tensor:
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if augment_cfg.flip:
         x = _flip(x, seeds[0])
-    pad = int(round(float(augment_cfg.shift) * SIDE))
+    pad = round(augment_cfg.shift * SIDE)
     if pad > 0:
         x = _shift(x, pad, seeds[1])
     if augment_cfg.erase > 0:
-        x = _erase(x, float(augment_cfg.erase), seeds[2])
+        x = _erase(x, augment_cfg.erase, seeds[2])
     return x
 
 
-def batch_transform(augment_cfg: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
+def batch_transform(
+    augment_cfg: AugmentCfg | None,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
     """:func:`augment_batch` bound to ``train.augment``, or None when it asks for nothing."""
     if not enabled(augment_cfg):
         return None

@@ -28,6 +28,7 @@ from fmnist_mlops.resume import (
     rng_state,
     sha256_of,
 )
+from fmnist_mlops.schema import TrainCfg
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -184,7 +185,7 @@ class Chain:
 
 
 def project_chain(
-    train_cfg: Any,
+    train_cfg: TrainCfg,
     checkpoint_file: Path,
     restored: Any,
     best_weights: list | None,
@@ -220,24 +221,24 @@ def project_chain(
     )
     early = RestoredEarlyStopping(
         monitor=monitor,
-        patience=int(train_cfg.patience),
+        patience=train_cfg.patience,
         restore_best_weights=True,
         restored=restored.early if restored else None,
         best_weights=best_weights,
     )
     plateau = None
-    if train_cfg.get("lr_plateau_factor"):
+    if train_cfg.lr_plateau_factor:
         # Cutting the step when the monitored metric stalls buys the last few tenths of a
         # percent that a constant Adam step leaves on the table before early stopping ends it.
         plateau = RestoredReduceLROnPlateau(
             monitor=monitor,
-            factor=float(train_cfg.lr_plateau_factor),
-            patience=int(train_cfg.lr_plateau_patience),
+            factor=train_cfg.lr_plateau_factor,
+            patience=train_cfg.lr_plateau_patience,
             verbose=0,
             restored=restored.plateau if restored else None,
         )
     state = [checkpoint, early, *([plateau] if plateau else [])]
-    chain: list[keras.callbacks.Callback] = [StopOnSignal(), FailOnNaN(float(train_cfg.lr))]
+    chain: list[keras.callbacks.Callback] = [StopOnSignal(), FailOnNaN(train_cfg.lr)]
     chain += state
     if backup is not None:
         chain.append(

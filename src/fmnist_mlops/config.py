@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import project_root, write_text
+from fmnist_mlops.schema import Config
 
 
 def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> DictConfig:
@@ -65,17 +66,22 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
     return flat
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig) -> Config:
     """Check every value the pipeline reads against the typed schema in :mod:`schema`.
 
-    Called once at the start of every stage, before any file or MLflow run is created.
+    Called once at the start of every stage, before any file or MLflow run is created; the
+    stage then hands the typed sub-configs (``model``, ``train``, ``data``, ``registry``) down,
+    so nothing below casts, defaults or re-checks what the schema guarantees.
+
+    Returns:
+        The typed config.
 
     Raises:
         ConfigError: One line naming the bad key, its value and what is accepted.
     """
     from pydantic import ValidationError
 
-    from fmnist_mlops.schema import Config, cross_check, first_error
+    from fmnist_mlops.schema import cross_check, first_error
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     try:
@@ -85,7 +91,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     problem = cross_check(typed)
     if problem:
         raise ConfigError(problem)
-    return cfg
+    return typed
 
 
 def main(argv: list[str] | None = None) -> int:

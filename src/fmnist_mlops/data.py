@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.paths import resolve, writable_dir
+from fmnist_mlops.schema import NUM_CLASSES, DataCfg
 
 log = logging.getLogger(__name__)
 
 IMAGE_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 LABEL_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
-NUM_CLASSES = 10
+
 SPLITS = ("train", "val", "test")
 
 
@@ -127,7 +128,7 @@ def _download(base_url: str, dest: Path, specs: tuple[IdxSpec, ...], timeout: fl
                 os.unlink(tmp)
 
 
-def locate(data_cfg: Any, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, dict[str, Path]]:
+def locate(data_cfg: DataCfg, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, dict[str, Path]]:
     """Find the four IDX ``.gz`` files.
 
     ``data.source_dir``, when set, is the only place looked at. Otherwise, in order:
@@ -160,7 +161,7 @@ def locate(data_cfg: Any, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, dict
 
     cache = resolve(data_cfg.keras_cache_dir)
     try:
-        _download(data_cfg.base_url, cache, specs, float(data_cfg.download_timeout_s))
+        _download(data_cfg.base_url, cache, specs, data_cfg.download_timeout_s)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         tried = ", ".join(f"{label} {folder}" for label, folder in candidates)
@@ -262,26 +263,26 @@ def _stratified_subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int):
     return x_sub, y_sub
 
 
-def split(arrays: dict[str, np.ndarray], data_cfg: Any) -> dict[str, tuple[np.ndarray, ...]]:
+def split(arrays: dict[str, np.ndarray], data_cfg: DataCfg) -> dict[str, tuple[np.ndarray, ...]]:
     """Stratified train/val split of the training set; optional stratified subsets.
 
     The test set is never split or shuffled: only subset when ``data.max_test`` is set.
     """
     from sklearn.model_selection import train_test_split
 
-    seed = int(data_cfg.split_seed)
+    seed = data_cfg.split_seed
     x_tr, x_val, y_tr, y_val = train_test_split(
         arrays["train-images"],
         arrays["train-labels"],
-        test_size=float(data_cfg.val_split),
+        test_size=data_cfg.val_split,
         stratify=arrays["train-labels"],
         random_state=seed,
     )
     out = {
-        "train": _stratified_subset(x_tr, y_tr, data_cfg.get("max_train"), seed),
-        "val": _stratified_subset(x_val, y_val, data_cfg.get("max_val"), seed),
+        "train": _stratified_subset(x_tr, y_tr, data_cfg.max_train, seed),
+        "val": _stratified_subset(x_val, y_val, data_cfg.max_val, seed),
         "test": _stratified_subset(
-            arrays["test-images"], arrays["test-labels"], data_cfg.get("max_test"), seed
+            arrays["test-images"], arrays["test-labels"], data_cfg.max_test, seed
         ),
     }
     return out
@@ -334,13 +335,18 @@ def load_prepared(folder: Path) -> Splits:
     return Splits(*arrays["train"], *arrays["val"], *arrays["test"], meta=meta)
 
 
-def check_split(cfg: Any, meta: dict[str, Any], folder: Path) -> None:
-    """Refuse prepared data that was split with other settings than this config asks for."""
-    wanted = {
-        "val_split": float(cfg.data.val_split),
-        "split_seed": int(cfg.data.split_seed),
-        "max": {k: cfg.data.get(f"max_{k}") for k in ("train", "val", "test")},
+def split_settings(data_cfg: DataCfg) -> dict[str, Any]:
+    """What ``meta.json`` records of the split, and what a stage checks it against."""
+    return {
+        "val_split": data_cfg.val_split,
+        "split_seed": data_cfg.split_seed,
+        "max": {"train": data_cfg.max_train, "val": data_cfg.max_val, "test": data_cfg.max_test},
     }
+
+
+def check_split(data_cfg: DataCfg, meta: dict[str, Any], folder: Path) -> None:
+    """Refuse prepared data that was split with other settings than this config asks for."""
+    wanted = split_settings(data_cfg)
     found = {k: meta.get(k) for k in wanted}
     if found != wanted:
         raise DataError(
@@ -357,11 +363,11 @@ def prepare(cfg: Any) -> dict[str, Any]:
     """
     from fmnist_mlops.config import validate
 
-    validate(cfg)
-    source, files = locate(cfg.data)
+    config = validate(cfg)
+    source, files = locate(config.data)
     log.info("prepare: reading IDX files from %s", source)
     arrays, hashes = load_raw(files)
-    splits = split(arrays, cfg.data)
+    splits = split(arrays, config.data)
     meta = {
         "source": source,
         "sha256": hashes,
@@ -369,11 +375,9 @@ def prepare(cfg: Any) -> dict[str, Any]:
         "class_counts": {
             name: np.bincount(y, minlength=NUM_CLASSES).tolist() for name, (_, y) in splits.items()
         },
-        "val_split": float(cfg.data.val_split),
-        "split_seed": int(cfg.data.split_seed),
-        "max": {k: cfg.data.get(f"max_{k}") for k in SPLITS},
+        **split_settings(config.data),
     }
-    out = resolve(cfg.paths.prepared)
+    out = resolve(config.paths.prepared)
     writable_dir("paths.prepared", out.parent)
     write_prepared(out, splits, meta)
     log.info("prepare: wrote %s %s", out, meta["counts"])

@@ -147,18 +147,19 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     Returns:
         The metrics written to ``reports/metrics.json``, and the folder holding the reports.
     """
-    validate(cfg)
-    if not cfg.run_id:  # what train wrote, read before any heavy work
-        out = stage_dir(cfg.paths.out, "evaluate")
+    config = validate(cfg)
+    paths, run_id = config.paths, config.run_id
+    if not run_id:  # what train wrote, read before any heavy work
+        out = stage_dir(paths.out, "evaluate")
         run_info = read_run(out)
-    prepared = resolve(cfg.paths.prepared)
+    prepared = resolve(paths.prepared)
     splits = load_prepared(prepared)
-    check_split(cfg, splits.meta, prepared)
+    check_split(config.data, splits.meta, prepared)
     tracking.setup(cfg)
-    if cfg.run_id:  # nothing from a scratch folder: the run, its model and scores in MLflow
-        run_info = tracking.run_record(cfg.run_id, splits.meta)
+    if run_id:  # nothing from a scratch folder: the run, its model and scores in MLflow
+        run_info = tracking.run_record(run_id, splits.meta)
         model = load_network(run_info["model_uri"])
-        out = out_dir(cfg.paths.out, "evaluate", cfg.paths.scratch)
+        out = out_dir(paths.out, "evaluate", paths.scratch)
         write_json(out / RUN_FILE, run_info)
     else:
         model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)

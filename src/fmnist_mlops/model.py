@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 
-from fmnist_mlops.data import NUM_CLASSES
-from fmnist_mlops.schema import HEADS
+from fmnist_mlops.schema import NUM_CLASSES, ModelCfg, TrainCfg
 
 IMAGE_SHAPE = (28, 28)
 
 
-def build_model(model_cfg: Any, precision: str = "float32") -> keras.Model:
+def build_model(model_cfg: ModelCfg, precision: str = "float32") -> keras.Model:
     """Build the CNN described by ``cfg.model``.
 
     Per entry of ``filters`` one block: ``convs_per_block`` x Conv2D(kernel_size, same) (each
@@ -30,12 +27,10 @@ def build_model(model_cfg: Any, precision: str = "float32") -> keras.Model:
             twice as fast on CPUs with AVX-512 BF16). The softmax always runs in float32.
     """
     dt = precision
-    convs = int(model_cfg.get("convs_per_block", 1))
-    batch_norm = bool(model_cfg.get("batch_norm", False))
-    block_dropout = float(model_cfg.get("block_dropout", 0.0))
-    head = model_cfg.get("head", "flatten")
-    if head not in HEADS:
-        raise ValueError(f"model.head={head!r} is invalid: expected one of {HEADS}")
+    convs = model_cfg.convs_per_block
+    batch_norm = model_cfg.batch_norm
+    block_dropout = model_cfg.block_dropout
+    head = model_cfg.head
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel", dtype=dt)(inputs)
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=dt)(x)
@@ -45,7 +40,7 @@ def build_model(model_cfg: Any, precision: str = "float32") -> keras.Model:
             name = f"conv{i}" if convs == 1 else f"conv{i}_{j}"
             x = keras.layers.Conv2D(
                 int(filters),
-                kernel_size=int(model_cfg.kernel_size),
+                kernel_size=model_cfg.kernel_size,
                 padding="same",
                 # The bias is redundant in front of a batch norm's shift.
                 use_bias=not batch_norm,
@@ -63,16 +58,16 @@ def build_model(model_cfg: Any, precision: str = "float32") -> keras.Model:
         x = keras.layers.GlobalAveragePooling2D(name="global_avg", dtype=dt)(x)
     else:
         x = keras.layers.Flatten(name="flatten", dtype=dt)(x)
-    x = keras.layers.Dense(int(model_cfg.dense_units), activation="relu", name="dense", dtype=dt)(x)
-    x = keras.layers.Dropout(float(model_cfg.dropout), name="dropout", dtype=dt)(x)
+    x = keras.layers.Dense(model_cfg.dense_units, activation="relu", name="dense", dtype=dt)(x)
+    x = keras.layers.Dropout(model_cfg.dropout, name="dropout", dtype=dt)(x)
     # Probabilities in float32: bfloat16 has 3 significant digits, too few for a softmax.
     outputs = keras.layers.Dense(
         NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32"
     )(x)
-    return keras.Model(inputs, outputs, name=f"fmnist_{model_cfg.get('name', 'cnn')}")
+    return keras.Model(inputs, outputs, name=f"fmnist_{model_cfg.name}")
 
 
-def make_optimizer(train_cfg: Any) -> keras.optimizers.Optimizer:
+def make_optimizer(train_cfg: TrainCfg) -> keras.optimizers.Optimizer:
     """Return the optimizer named by ``train.optimizer`` with learning rate ``train.lr``."""
     classes = {
         "adam": keras.optimizers.Adam,
@@ -80,10 +75,12 @@ def make_optimizer(train_cfg: Any) -> keras.optimizers.Optimizer:
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return classes[train_cfg.optimizer](learning_rate=float(train_cfg.lr))
+    return classes[train_cfg.optimizer](learning_rate=train_cfg.lr)
 
 
-def compile_model(model: keras.Model, train_cfg: Any, steps_per_execution: int = 1) -> keras.Model:
+def compile_model(
+    model: keras.Model, train_cfg: TrainCfg, steps_per_execution: int = 1
+) -> keras.Model:
     """Compile with sparse categorical cross-entropy and a metric named ``accuracy``.
 
     Args:

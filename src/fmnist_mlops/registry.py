@@ -34,6 +34,7 @@ from fmnist_mlops.paths import (
     store_root,
     write_json,
 )
+from fmnist_mlops.schema import RegistryCfg
 from fmnist_mlops.scratch import out_dir
 
 log = logging.getLogger(__name__)
@@ -135,30 +136,31 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
 
     Writes ``reports/promotion.json`` with the decision and both scores.
     """
-    validate(cfg)
-    if not cfg.run_id:
-        out = stage_dir(cfg.paths.out, "register")
+    config = validate(cfg)
+    paths, run_id = config.paths, config.run_id
+    if not run_id:
+        out = stage_dir(paths.out, "register")
         run_info = read_run(out)
         metrics_path = out / METRICS_JSON
         if not metrics_path.is_file():
             raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
         if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
             raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
-    prepared = resolve(cfg.paths.prepared)
+    prepared = resolve(paths.prepared)
     splits = load_prepared(prepared)
-    check_split(cfg, splits.meta, prepared)
+    check_split(config.data, splits.meta, prepared)
     tracking.setup(cfg)
-    if cfg.run_id:
-        run_info = tracking.run_record(cfg.run_id, splits.meta)
-        if "test_accuracy" not in MlflowClient().get_run(cfg.run_id).data.metrics:
+    if run_id:
+        run_info = tracking.run_record(run_id, splits.meta)
+        if "test_accuracy" not in MlflowClient().get_run(run_id).data.metrics:
             raise RegistryError(
-                f"run {cfg.run_id} has no test metrics: evaluate it first "
-                f"(python src/evaluate.py run_id={cfg.run_id})"
+                f"run {run_id} has no test metrics: evaluate it first "
+                f"(python src/evaluate.py run_id={run_id})"
             )
-        out = out_dir(cfg.paths.out, "register", cfg.paths.scratch)
-    reg = cfg.registry
+        out = out_dir(paths.out, "register", paths.scratch)
+    reg = config.registry
     client = MlflowClient()
-    with registry_lock(reg.model_name, reg.get("lock_url")):
+    with registry_lock(reg.model_name, reg.lock_url):
         same = _registered_as(client, reg.model_name, run_info)
         if same is not None:
             return _already_registered(client, reg, run_info, same, out)
@@ -209,15 +211,8 @@ def _already_registered(client, reg, run_info, version, out: Path) -> dict[str, 
     return record
 
 
-def _rule(reg: Any) -> dict[str, Any]:
-    return {
-        "model_name": reg.model_name,
-        "alias": reg.alias,
-        "metric": reg.metric,
-        "mode": reg.mode,
-        "min_delta": float(reg.min_delta),
-        "floor": float(reg.floor),
-    }
+def _rule(reg: RegistryCfg) -> dict[str, Any]:
+    return reg.model_dump(include={"model_name", "alias", "metric", "mode", "min_delta", "floor"})
 
 
 def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dict[str, Any]:
@@ -232,9 +227,7 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
     if champ is not None:
         champ_model = load_network(f"models:/{reg.model_name}/{champ.version}")
         champion = assess(champ_model, x, y).metric(reg.metric)
-    decision = decide(
-        candidate, champion, mode=reg.mode, min_delta=float(reg.min_delta), floor=float(reg.floor)
-    )
+    decision = decide(candidate, champion, mode=reg.mode, min_delta=reg.min_delta, floor=reg.floor)
     version = mlflow.register_model(
         run_info["model_uri"], reg.model_name, tags={reg.metric: f"{candidate:.6f}"}
     )
@@ -283,11 +276,10 @@ def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
 
 def rollback(cfg: DictConfig) -> dict[str, Any]:
     """Move the alias back to the version that held it before the current champion."""
-    validate(cfg)
-    reg = cfg.registry
+    reg = validate(cfg).registry
     tracking.setup(cfg)
     client = MlflowClient()
-    with registry_lock(reg.model_name, reg.get("lock_url")):
+    with registry_lock(reg.model_name, reg.lock_url):
         champ = current_champion(client, reg.model_name, reg.alias)
         if champ is None:
             raise RegistryError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")

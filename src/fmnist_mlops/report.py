@@ -142,15 +142,15 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     Raises:
         RegistryError: when there is no ``registry.alias`` version of ``registry.model_name``.
     """
-    validate(cfg)
+    config = validate(cfg)
     uri = tracking.tracking_uri(cfg)
     tracking.connect(uri)
     client = MlflowClient()
-    reg = cfg.registry
+    reg = config.registry
     version, run = _champion(client, reg, uri)
-    prepared = resolve(cfg.paths.prepared)
+    prepared = resolve(config.paths.prepared)
     splits = load_prepared(prepared)
-    check_split(cfg, splits.meta, prepared)
+    check_split(config.data, splits.meta, prepared)
     model = load_network(f"models:/{reg.model_name}@{reg.alias}")
     test = assess(model, splits.x_test, splits.y_test)
     logged = run.data.metrics
@@ -167,7 +167,7 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
         f"<title>{html.escape(reg.model_name)}@{html.escape(reg.alias)} report</title>"
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
-    target = out or resolve(cfg.paths.out or ".") / REPORT_FILE
+    target = out or resolve(config.paths.out or ".") / REPORT_FILE
     write_text(target, page)
     log.info("report: wrote %s (%d KB)", target, target.stat().st_size // 1024)
     return {

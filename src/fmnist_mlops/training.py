@@ -42,6 +42,7 @@ from fmnist_mlops.paths import (
     write_json,
 )
 from fmnist_mlops.plots import history_plot
+from fmnist_mlops.schema import Config, ModelCfg, TrainCfg
 from fmnist_mlops.scratch import out_dir, scratch_root
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
 
 
 def fit(
-    cfg: DictConfig,
+    train_cfg: TrainCfg,
+    model_cfg: ModelCfg,
+    seed: int,
     splits: Splits,
     out: Path,
     backup: resume.EpochBackupSpec | None = None,
@@ -95,7 +98,9 @@ def fit(
     weights, so DVC and readers never see a half-written or a not-yet-best model.
 
     Args:
-        cfg: The composed config.
+        train_cfg: The ``train`` config group (typed).
+        model_cfg: The ``model`` config group (typed).
+        seed: Seeds Python, NumPy, TensorFlow, the batch order and the augmentation.
         splits: Prepared data.
         out: Folder for ``models/model.keras``.
         backup: Where to back up each finished epoch (None: no backups).
@@ -108,19 +113,19 @@ def fit(
         The model (best weights), the per-epoch history and the best epoch (0-based).
     """
     # Before seeding: splitting the CPU into logical devices must precede TF's start-up.
-    strategy = make_strategy(cfg.train.distribute, int(cfg.train.cpu_replicas))
-    seed_everything(int(cfg.seed))
+    strategy = make_strategy(train_cfg.distribute, train_cfg.cpu_replicas)
+    seed_everything(seed)
     published = out / MODEL_FILE
     published.parent.mkdir(parents=True, exist_ok=True)
     staging = published.with_name(f".{published.stem}.best{published.suffix}")
-    steps = feed.batches_per_epoch(len(splits.x_train), int(cfg.train.batch_size))
-    model = _compiled_model(cfg, strategy, steps, restored, track)
+    steps = feed.batches_per_epoch(len(splits.x_train), train_cfg.batch_size)
+    model = _compiled_model(train_cfg, model_cfg, strategy, steps, restored, track)
     past, best_weights = _resume_from(restored, staging)
     chain = callbacks_lib.project_chain(
-        cfg.train, staging, restored, best_weights, backup, past, track, extra_callbacks
+        train_cfg, staging, restored, best_weights, backup, past, track, extra_callbacks
     )
     try:
-        history = _run_epochs(model, cfg, splits, steps, chain.callbacks, restored)
+        history = _run_epochs(model, train_cfg, seed, splits, steps, chain.callbacks, restored)
         raise_if_interrupted()
         if restored is not None and restored.stopped:
             model.set_weights(best_weights)
@@ -140,14 +145,16 @@ def fit(
     return model, hist, int(chain.early.best_epoch)
 
 
-def _compiled_model(cfg, strategy, steps: int, restored, track: bool) -> keras.Model:
+def _compiled_model(
+    train_cfg: TrainCfg, model_cfg: ModelCfg, strategy, steps: int, restored, track: bool
+) -> keras.Model:
     # Keras' multi-step loop fails under tf.distribute strategies (an unfed placeholder in
     # its while loop, Keras 3.15): one step per call there.
-    per_call = steps_per_execution(steps) if cfg.train.distribute == "none" else 1
-    precision = platforms.resolve_precision(cfg.train.precision)
+    per_call = steps_per_execution(steps) if train_cfg.distribute == "none" else 1
+    precision = platforms.resolve_precision(train_cfg.precision)
     with strategy.scope():
         if restored is None:
-            model = compile_model(build_model(cfg.model, precision), cfg.train, per_call)
+            model = compile_model(build_model(model_cfg, precision), train_cfg, per_call)
         else:
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
@@ -170,17 +177,17 @@ def _resume_from(restored, staging: Path) -> tuple[dict[str, list[float]], list 
     return restored.history, best.get_weights()
 
 
-def _run_epochs(model, cfg, splits: Splits, steps: int, callbacks, restored):
+def _run_epochs(model, train_cfg: TrainCfg, seed: int, splits: Splits, steps, callbacks, restored):
     initial_epoch = 0 if restored is None else restored.epoch + 1
-    epochs = int(cfg.train.epochs)
+    epochs = train_cfg.epochs
     if restored is not None and restored.stopped:
         epochs = initial_epoch  # early stopping had already ended it; only finish up
     train_batches = feed.training_batches(
         splits.x_train,
         splits.y_train,
-        int(cfg.train.batch_size),
-        int(cfg.seed),
-        augment.batch_transform(cfg.train.get("augment")),
+        train_cfg.batch_size,
+        seed,
+        augment.batch_transform(train_cfg.augment),
         start_epoch=initial_epoch,
     )
     return model.fit(
@@ -191,7 +198,7 @@ def _run_epochs(model, cfg, splits: Splits, steps: int, callbacks, restored):
         epochs=epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
-        verbose=keras_verbosity(cfg.train.verbose),
+        verbose=keras_verbosity(train_cfg.verbose),
     )
 
 
@@ -271,15 +278,16 @@ def train(
         ``run_id``, ``best_epoch``, ``epochs_trained`` and the best epoch's ``val_loss`` /
         ``val_accuracy``, plus ``out_dir``.
     """
-    validate(cfg)
-    prepared = resolve(cfg.paths.prepared)
+    config = validate(cfg)
+    paths = config.paths
+    prepared = resolve(paths.prepared)
     splits = load_prepared(prepared)
-    check_split(cfg, splits.meta, prepared)
+    check_split(config.data, splits.meta, prepared)
     # An output folder that cannot work is refused before any run exists.
-    if cfg.paths.out is None:
-        writable_dir("paths.scratch", scratch_root(cfg.paths.scratch))
+    if paths.out is None:
+        writable_dir("paths.scratch", scratch_root(paths.scratch))
     else:
-        writable_dir("paths.out", resolve(cfg.paths.out))
+        writable_dir("paths.out", resolve(paths.out))
     experiment_id = tracking.setup(cfg)
     tracking.mark_orphaned_runs(experiment_id)
 
@@ -287,20 +295,22 @@ def train(
     folder, restored = resume.claim(
         resume.backups_root(tracking.tracking_uri(cfg)),
         cfg_hash,
-        None if cfg.paths.out is None else str(resolve(cfg.paths.out)),
-        cfg.paths.out,
+        None if paths.out is None else str(resolve(paths.out)),
+        paths.out,
         tracking.run_exists,
     )
     try:
-        return _claimed_training(cfg, splits, prepared, folder, restored, cfg_hash, tags, callbacks)
+        return _claimed_training(
+            cfg, config, splits, prepared, folder, restored, cfg_hash, tags, callbacks
+        )
     except BaseException:
         resume.release(folder)
         raise
 
 
-def _claimed_training(cfg, splits, prepared, folder, restored, cfg_hash, tags, callbacks):
+def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash, tags, callbacks):
     """The MLflow run of :func:`train` (new or resumed) around the fit, in a claimed backup."""
-    out = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
+    out = out_dir(config.paths.out, "train", config.paths.scratch)
     if restored is None:
         run_tags = {
             **tracking.run_tags("train"),
@@ -330,7 +340,7 @@ def _claimed_training(cfg, splits, prepared, folder, restored, cfg_hash, tags, c
         spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
         try:
             record, summary, fit_seconds = _tracked_training(
-                cfg, splits, prepared, out, run, spec, restored, callbacks
+                cfg, config, splits, prepared, out, run, spec, restored, callbacks
             )
         except Interrupted:
             mlflow.end_run(status="KILLED")
@@ -370,13 +380,17 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
             mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
-def _tracked_training(cfg, splits, prepared, out, run, spec, restored, callbacks=()):
-    """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds)."""
+def _tracked_training(cfg, config, splits, prepared, out, run, spec, restored, callbacks=()):
+    """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds).
+
+    ``cfg`` (the composed DictConfig) is what gets logged as params; ``config`` is its typed
+    form, which the training itself reads.
+    """
     run_id = run.info.run_id
     log.info("train: MLflow run %s, outputs in %s", run_id, out)
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
-        return _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks)
+        return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
     tracking.log_config(cfg)
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
@@ -392,13 +406,20 @@ def _tracked_training(cfg, splits, prepared, out, run, spec, restored, callbacks
             )
         mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 
-    return _fit_and_log(cfg, splits, out, run_id, spec, None, callbacks)
+    return _fit_and_log(config, splits, out, run_id, spec, None, callbacks)
 
 
-def _fit_and_log(cfg, splits, out, run_id, spec, restored, callbacks=()):
+def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=()):
     started = time.perf_counter()
     _, hist, best_epoch = fit(
-        cfg, splits, out, backup=spec, restored=restored, extra_callbacks=callbacks
+        config.train,
+        config.model,
+        config.seed,
+        splits,
+        out,
+        backup=spec,
+        restored=restored,
+        extra_callbacks=callbacks,
     )
     fit_seconds = time.perf_counter() - started
 

@@ -136,8 +136,8 @@ class OptunaPruning(keras.callbacks.Callback):
 def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
     direction = "maximize" if base.registry.mode == "max" else "minimize"
     pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=int(tune_cfg.pruner.n_startup_trials),
-        n_warmup_steps=int(tune_cfg.pruner.n_warmup_steps),
+        n_startup_trials=tune_cfg.pruner.n_startup_trials,
+        n_warmup_steps=tune_cfg.pruner.n_warmup_steps,
     )
     sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed)
     attempts = 0
