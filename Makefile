@@ -59,10 +59,10 @@ test-deps: data ## Make sure nginx, PostgreSQL, Chromium and curl (used by tests
 	fi
 
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
-	$(BIN)/python -m fmnist_mlops.config
+	$(BIN)/python -m fmnist_mlops.params
 
 check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
-	$(BIN)/python -m fmnist_mlops.config --check
+	$(BIN)/python -m fmnist_mlops.params --check
 
 repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+ promotion)
 	source $(BIN)/activate && dvc repro

@@ -97,7 +97,7 @@ def main() -> int:
     import mlflow
 
     sys.path.insert(0, str(ROOT / "src"))
-    from fmnist_mlops.evaluation import load_network
+    from fmnist_mlops.scoring import load_network
 
     with np.load(ROOT / "data" / "prepared" / "test.npz") as npz:
         pixels = npz["x"]

@@ -15,14 +15,14 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 def stage(cfg: DictConfig):
     """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
-    from fmnist_mlops.registry import evaluate_and_promote
+    from fmnist_mlops.stages import evaluate_and_promote
 
     return evaluate_and_promote(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.registry.evaluate_and_promote` with the composed config."""
+    """Run :func:`fmnist_mlops.stages.evaluate_and_promote` with the composed config."""
     run("evaluate", stage, cfg)
 
 

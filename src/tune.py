@@ -13,9 +13,11 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 def stage(cfg: DictConfig, overrides: list[str]):
     """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    from fmnist_mlops.stages import promote_child
+    from fmnist_mlops.training import train
     from fmnist_mlops.tuning import tune
 
-    return tune(cfg, overrides)
+    return tune(cfg, overrides, train, promote_child)
 
 
 @hydra.main(config_path="../conf", config_name="tune", version_base=None)

@@ -276,7 +276,7 @@ def test_an_unusable_output_folder_is_refused_before_any_run(
 MODULE_COMMANDS = {
     "clean-runs": ["-m", "fmnist_mlops.housekeeping", "--no-dvc", "--tracking-uri=foo://x"],
     "server": ["-m", "fmnist_mlops.server", "--backend-store-uri=foo://x"],
-    "params": ["-m", "fmnist_mlops.config", "--output={tmp}/p.yaml", "train.lr=-1"],
+    "params": ["-m", "fmnist_mlops.params", "--output={tmp}/p.yaml", "train.lr=-1"],
     "clean": ["-m", "fmnist_mlops.scratch", "--root={tmp}/a-file"],
     "predict": ["src/predict.py", "--top-k=99", "--test-samples=1"],
 }

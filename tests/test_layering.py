@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,58 @@ def test_a_command_that_trains_nothing_imports_no_heavy_library(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]", (command, proc.stdout, proc.stderr[-500:])
+
+
+def test_the_import_layers_contract_holds(project_root, subprocess_env):
+    """import-linter's `layers` contract in pyproject.toml: no upward or sideways import."""
+    lint = str(Path(sys.executable).parent / "lint-imports")
+    env = {**subprocess_env, "PYTHONPATH": str(project_root / "src")}
+    proc = subprocess.run([lint], cwd=project_root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:]
+
+
+def import_graph(src) -> dict[str, set[str]]:
+    """Every project module (scripts included) -> the project modules it imports anywhere."""
+    import ast
+
+    modules = {}
+    for path in src.rglob("*.py"):
+        name = ".".join(path.relative_to(src).with_suffix("").parts)
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        modules[name] = names
+    return {m: {d for d in deps if d in modules and d != m} for m, deps in modules.items()}
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    memo: dict[str, list[str]] = {}
+
+    def chain(module: str, stack: tuple[str, ...] = ()) -> list[str]:
+        if module in memo:
+            return memo[module]
+        if module in stack:
+            return [module]
+        below = max((chain(d, (*stack, module)) for d in graph[module]), key=len, default=[])
+        memo[module] = [module, *below]
+        return memo[module]
+
+    return max((chain(m) for m in graph), key=len)
+
+
+def test_at_most_six_import_levels_scripts_and_lazy_imports_included(project_root):
+    chain = longest_chain(import_graph(project_root / "src"))
+    assert len(chain) <= 6, " -> ".join(chain)
+
+
+def test_the_level_count_sees_lazy_imports(tmp_path):
+    """The counter must not be fooled by an import inside a function."""
+    pkg = tmp_path / "p"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from p import b\n")
+    (pkg / "b.py").write_text("import p.c\n")
+    (pkg / "c.py").write_text("")
+    assert longest_chain(import_graph(tmp_path)) == ["p.a", "p.b", "p.c"]

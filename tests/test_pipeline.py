@@ -48,7 +48,7 @@ def runs(project: Path):
 def smoke_project(tmp_path_factory):
     require_real_data()
     project = copy_project(tmp_path_factory.mktemp("smoke-project"))
-    sh(project, sys.executable, "-m", "fmnist_mlops.config", "+experiment=smoke")
+    sh(project, sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke")
     sh(
         project,
         "git",
@@ -372,7 +372,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
         project,
         sys.executable,
         "-m",
-        "fmnist_mlops.config",
+        "fmnist_mlops.params",
         "+experiment=smoke",
         "train.epochs=40",
         "train.patience=40",

@@ -98,7 +98,7 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path):
     project = copy_project(tmp_path / "project")
     env = venv_env(MLFLOW_TRACKING_URI=url)
     for cmd in (
-        [sys.executable, "-m", "fmnist_mlops.config", "+experiment=smoke"],
+        [sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke"],
         ["git", "commit", "-qam", "smoke params"],
         [str(BIN / "dvc"), "repro"],
     ):

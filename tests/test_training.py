@@ -13,8 +13,9 @@ from conftest import smoke_config
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config import validate
-from fmnist_mlops.evaluation import evaluate, load_network
+from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
+from fmnist_mlops.scoring import load_network
 from fmnist_mlops.training import EPOCH_METRICS, train
 
 

@@ -222,6 +222,7 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
     from omegaconf import OmegaConf
 
     from fmnist_mlops.config import compose
+    from fmnist_mlops.stages import promote_child
     from fmnist_mlops.tuning import TuningFailed, tune
 
     overrides = [
@@ -238,7 +239,7 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
     OmegaConf.set_struct(cfg, False)
     cfg.tune = tune_cfg
     try:
-        tune(cfg, overrides)
+        tune(cfg, overrides, train, promote_child)
     except TuningFailed as exc:
         assert "2 failed" in str(exc)
     else:
@@ -268,5 +269,12 @@ def test_a_ctrl_c_between_ask_and_training_fails_the_trial_instead_of_leaving_it
     monkeypatch.setattr(tuning, "sample", interrupted)
     study = optuna.create_study(direction="maximize")
     with pytest.raises(Interrupted):
-        tuning._run_trial(study, OmegaConf.create({"space": {}}), [], "parent", "val_accuracy")
+        tuning._run_trial(
+            study,
+            OmegaConf.create({"space": {}}),
+            [],
+            "parent",
+            "val_accuracy",
+            lambda *a, **k: pytest.fail("sampling was interrupted: nothing may train"),
+        )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

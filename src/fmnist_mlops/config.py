@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.paths import project_root, write_text
+from fmnist_mlops.paths import project_root
 from fmnist_mlops.schema import Config
 
 
@@ -92,32 +92,3 @@ def validate(cfg: DictConfig) -> Config:
     if problem:
         raise ConfigError(problem)
     return typed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write ``params.yaml`` from ``conf/`` (``make params``); ``--check`` only compares."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--output", default="params.yaml")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=smoke")
-    args = parser.parse_args(argv)
-    text = params_yaml(args.overrides)
-    out = Path(args.output)
-    if args.check:
-        current = out.read_text(encoding="utf-8") if out.exists() else ""
-        if current != text:
-            print(f"{out} is stale: run `make params` (it is composed from conf/)")
-            return 1
-        return 0
-    validate(OmegaConf.create(text))
-    write_text(out, text)
-    print(f"wrote {out} from conf/ {' '.join(args.overrides)}".rstrip())
-    return 0
-
-
-if __name__ == "__main__":
-    from fmnist_mlops.cli import command
-
-    command("params", main)

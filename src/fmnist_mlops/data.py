@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from fmnist_mlops.errors import DataError
-from fmnist_mlops.paths import resolve, writable_dir
+from fmnist_mlops.folders import writable_dir
+from fmnist_mlops.paths import resolve
 from fmnist_mlops.schema import NUM_CLASSES, DataCfg
 
 log = logging.getLogger(__name__)

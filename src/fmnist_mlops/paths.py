@@ -1,4 +1,7 @@
-"""Where things live: the project root and the per-run output folder."""
+"""Where things live, and the one way files are written: names, roots, atomic writers.
+
+A leaf: imports nothing of the project, so every layer may use it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from fmnist_mlops.errors import ConfigError, DataError
 
 # What the stages write under paths.out (DVC: the repo root).
 MODEL_FILE = Path("models/model.keras")
@@ -56,39 +57,17 @@ def store_root() -> Path:
     return root
 
 
+def sqlite_dir(uri: str) -> Path | None:
+    """The folder holding a ``sqlite:///`` store's database file (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """Resolve ``path`` (``~`` expanded) against the project root unless it is absolute."""
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else project_root() / p
-
-
-def writable_dir(setting: str, folder: Path) -> Path:
-    """Make sure ``folder`` (what ``setting`` names) exists and can be written, or refuse it.
-
-    Raises:
-        ConfigError: One line naming the setting, the folder and why it cannot be used.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        raise ConfigError(
-            f"{setting}={str(folder)!r} cannot be used ({exc.strerror or exc}): expected a "
-            "folder this user can write"
-        ) from None
-    return folder
-
-
-def stage_dir(configured: str | None, stage: str) -> Path:
-    """Return ``paths.out`` for stages that read what ``train`` wrote (it must be set)."""
-    if configured is None:
-        raise ConfigError(
-            f"paths.out=None is invalid for {stage}: expected the folder `train` wrote to "
-            f"('.' for the DVC pipeline, or the out_dir an ad-hoc train run printed), or name "
-            "the run with run_id=<id>"
-        )
-    return resolve(configured)
 
 
 @contextlib.contextmanager
@@ -119,14 +98,3 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
     write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def read_run(out: Path) -> dict[str, Any]:
-    """Read ``models/run.json`` (MLflow run id, model URI, best epoch) written by ``train``."""
-    path = out / RUN_FILE
-    if not path.is_file():
-        raise DataError(
-            f"paths.out={out} holds no {RUN_FILE}: expected the folder `train` wrote to (run "
-            "the train stage first: `dvc repro train`), or name the run with run_id=<id>"
-        )
-    return json.loads(path.read_text())

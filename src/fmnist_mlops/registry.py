@@ -18,19 +18,18 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fmnist_mlops import tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
+from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
     RUN_FILE,
-    read_run,
     resolve,
-    stage_dir,
     store_root,
     write_json,
 )
@@ -218,7 +217,7 @@ def _rule(reg: RegistryCfg) -> dict[str, Any]:
 def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dict[str, Any]:
     """Score candidate and champion on today's validation split, register, maybe move."""
     # Here, not at the top: rollback and housekeeping use this module without TensorFlow.
-    from fmnist_mlops.evaluation import assess, load_network
+    from fmnist_mlops.scoring import assess, load_network
 
     x, y = splits.x_val, splits.y_val
     candidate = assess(load_network(run_info["model_uri"]), x, y).metric(reg.metric)
@@ -253,25 +252,6 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
         **asdict(decision),
         "champion_after": holder,
     }
-
-
-def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
-    """The pipeline's ``evaluate`` stage: :func:`evaluate`, then :func:`promote`, in one process.
-
-    One stage rather than two because each Python stage pays ~5 s to import TensorFlow, Keras
-    and MLflow, a tenth of what training the default model costs (``make bench``). With
-    ``run_id`` and no ``paths.out``, the promotion record goes beside the evaluation's reports.
-
-    Returns:
-        The test metrics, the reports' folder (``out_dir``) and the promotion record
-        (``promotion``).
-    """
-    from fmnist_mlops.evaluation import evaluate_into
-
-    metrics, out = evaluate_into(cfg)
-    if cfg.paths.out is None:
-        cfg = OmegaConf.merge(cfg, {"paths": {"out": str(out)}})
-    return {**metrics, "out_dir": str(out), "promotion": promote(cfg)}
 
 
 def rollback(cfg: DictConfig) -> dict[str, Any]:

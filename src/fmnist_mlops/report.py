@@ -24,7 +24,6 @@ from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import check_split, load_prepared
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import assess, load_network
 from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
     confusion_plot,
@@ -33,6 +32,7 @@ from fmnist_mlops.plots import (
     history_plot,
     misclassified_grid,
 )
+from fmnist_mlops.scoring import assess, load_network
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.paths import store_root, write_json
+from fmnist_mlops.paths import sqlite_dir, store_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ def backups_root(uri: str) -> Path:
 
     Beside a SQLite database (so each store has its own backups), else in the repository.
     """
-    from fmnist_mlops.tracking import sqlite_dir
-
     return (sqlite_dir(uri) or store_root()) / ".backups"
 
 

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from fmnist_mlops import owner
-from fmnist_mlops.paths import resolve, store_root, writable_dir, write_json
+from fmnist_mlops.folders import writable_dir
+from fmnist_mlops.paths import resolve, store_root, write_json
 
 OWNER_FILE = ".owner.json"
 

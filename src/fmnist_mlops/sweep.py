@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import nesting
 
@@ -85,6 +85,8 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
         CHILD_METRIC[reg.metric],
         best.data.metrics[CHILD_METRIC[reg.metric]],
     )
+    from fmnist_mlops.stages import promote_child  # TensorFlow: only at the end of a sweep
+
     try:
         promoted = promote_child(client, parent, best, sweep_cfg)
     except BaseException:
@@ -92,66 +94,6 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
         raise
     client.set_terminated(parent, "FINISHED")
     return {**summary, **promoted}
-
-
-def child_config(run_id: str, caller: DictConfig) -> DictConfig:
-    """The config a child run was trained with (its logged ``config.yaml``), set to evaluate it.
-
-    Training settings come from the run itself; where things are (``mlflow``, ``registry``,
-    ``paths.scratch``) from the sweep or study that asks, whose values are not redacted.
-    Nothing is read from the child's scratch folder, which may be long gone.
-    """
-    import mlflow
-
-    from fmnist_mlops.errors import DataError
-
-    try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
-    except mlflow.exceptions.MlflowException as exc:
-        raise DataError(f"run {run_id} has no logged config.yaml ({exc}): train it again") from None
-    cfg = OmegaConf.create(text)
-    with open_dict(cfg):
-        cfg.mlflow = caller.mlflow
-        cfg.registry = caller.registry
-        cfg.paths.scratch = caller.paths.scratch
-        cfg.paths.out = None
-        cfg.run_id = run_id
-    return cfg
-
-
-def promote_child(client: Any, parent: str, child: Any, caller: DictConfig) -> dict[str, Any]:
-    """Evaluate a sweep's or study's chosen child run and apply the promotion rule.
-
-    Uses the child's own config and its logged model (read from MLflow), so the evaluation is
-    the ``evaluate`` stage's and the decision the ``register`` stage's. Records the outcome on
-    the parent run.
-
-    Returns:
-        The child's run id and overrides, its test accuracy, and the registry decision.
-    """
-    from fmnist_mlops.registry import evaluate_and_promote
-
-    metrics = evaluate_and_promote(child_config(child.info.run_id, caller))
-    decision = metrics["promotion"]
-    overrides = child.data.tags.get("sweep.overrides", "")
-    for key, value in {
-        "best_run_id": child.info.run_id,
-        "best_overrides": overrides,
-        "registry.decision": "promoted" if decision["promote"] else "kept",
-        "registry.version": str(decision["candidate_version"]),
-    }.items():
-        client.set_tag(parent, key, value)
-    for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss"):
-        client.log_metric(parent, f"best_{key}", float(metrics[key]))
-    client.log_text(parent, json.dumps(decision, indent=2), "sweep/promotion.json")
-    return {
-        "best_run_id": child.info.run_id,
-        "best_overrides": overrides,
-        "test_accuracy": metrics["test_accuracy"],
-        "val_accuracy": metrics["val_accuracy"],
-        "promoted": decision["promote"],
-        "version": decision["candidate_version"],
-    }
 
 
 try:

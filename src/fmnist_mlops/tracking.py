@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.config import flatten
-from fmnist_mlops.paths import project_root, store_root
+from fmnist_mlops.paths import project_root, sqlite_dir, store_root
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,6 @@ def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
                 f"{setting}={shown!r} does not answer ({reason}): start the tracking server "
                 "(`make server`) or fix the URL"
             ) from None
-
-
-def sqlite_dir(uri: str) -> Path | None:
-    """The folder holding a ``sqlite:///`` store's database file (None for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///")).resolve().parent
 
 
 def connect(uri: str) -> None:

@@ -30,6 +30,7 @@ from fmnist_mlops.config import validate
 from fmnist_mlops.data import Splits, check_split, load_prepared
 from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
+from fmnist_mlops.folders import writable_dir
 from fmnist_mlops.model import build_model, compile_model, steps_per_execution
 from fmnist_mlops.paths import (
     HISTORY_CSV,
@@ -38,7 +39,6 @@ from fmnist_mlops.paths import (
     RUN_FILE,
     atomic,
     resolve,
-    writable_dir,
     write_json,
 )
 from fmnist_mlops.plots import history_plot

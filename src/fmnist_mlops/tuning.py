@@ -17,7 +17,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_mlops import nesting, sweep, tracking
+from fmnist_mlops import nesting, tracking
 from fmnist_mlops.config import compose, validate
 from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
-from fmnist_mlops.paths import store_root
+from fmnist_mlops.paths import sqlite_dir, store_root
 from fmnist_mlops.registry import registry_lock
-from fmnist_mlops.training import train
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def storage_url(tune_cfg: Any, base: DictConfig) -> str:
     """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
     if tune_cfg.storage:
         return tracking.sqlalchemy_url(str(tune_cfg.storage))
-    folder = tracking.sqlite_dir(tracking.tracking_uri(base)) or store_root()
+    folder = sqlite_dir(tracking.tracking_uri(base)) or store_root()
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
@@ -232,13 +231,22 @@ def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> dict[s
     return {"trial": best.number, "value": best.value, "params": best.params}
 
 
-def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def tune(
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    train: Callable[..., dict[str, Any]],
+    promote_child: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
     """Run (or resume) the study; promote its best trial.
 
     Args:
         cfg: The composed ``tune`` config: the project config plus ``tune``.
         overrides: The command line's overrides; every trial composes its config from them
             plus its sampled values (``tune.*`` overrides are the tuner's own).
+        train: Trains one trial (``training.train``); handed in by ``src/tune.py`` so the
+            tuner stays below the training stage in the layers.
+        promote_child: Evaluates the best trial and applies the promotion rule
+            (``stages.promote_child``).
 
     Returns:
         Counts of trials, the best trial, its MLflow run and the registry decision.
@@ -267,18 +275,9 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         parent,
         len(study.trials),
     )
-    started, attempts = time.monotonic(), 0
-    metric = base.registry.metric
+    started = time.monotonic()
     try:
-        while True:
-            done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-            if done >= tune_cfg.n_trials or attempts >= tune_cfg.n_trials:
-                break
-            if tune_cfg.timeout_s and time.monotonic() - started >= tune_cfg.timeout_s:
-                log.info("tune: timeout of %s s reached", tune_cfg.timeout_s)
-                break
-            attempts += 1
-            _run_trial(study, tune_cfg, base_overrides, parent, metric)
+        _run_trials(study, tune_cfg, base_overrides, parent, base.registry.metric, train)
     except Interrupted:
         client.set_terminated(parent, "KILLED")
         raise
@@ -300,7 +299,7 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         )
     run_id = study.best_trial.user_attrs["mlflow_run_id"]
     try:
-        promoted = sweep.promote_child(client, parent, client.get_run(run_id), base)
+        promoted = promote_child(client, parent, client.get_run(run_id), base)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -308,12 +307,31 @@ def tune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     return {**summary, "best": best, **promoted}
 
 
+def _run_trials(study, tune_cfg, base_overrides, parent, metric, train) -> None:
+    """Ask and train trials until the study has ``n_trials`` or the time is up."""
+    started, attempts = time.monotonic(), 0
+    while True:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        if done >= tune_cfg.n_trials or attempts >= tune_cfg.n_trials:
+            return
+        if tune_cfg.timeout_s and time.monotonic() - started >= tune_cfg.timeout_s:
+            log.info("tune: timeout of %s s reached", tune_cfg.timeout_s)
+            return
+        attempts += 1
+        _run_trial(study, tune_cfg, base_overrides, parent, metric, train)
+
+
 def _run_trial(
-    study: optuna.Study, tune_cfg: Any, base_overrides: list[str], parent: str, metric: str
+    study: optuna.Study,
+    tune_cfg: Any,
+    base_overrides: list[str],
+    parent: str,
+    metric: str,
+    train: Callable[..., dict[str, Any]],
 ) -> None:
     trial = study.ask()
     try:
-        _evaluate_trial(study, trial, tune_cfg, base_overrides, parent, metric)
+        _train_trial(study, trial, tune_cfg, base_overrides, parent, metric, train)
     except Interrupted:
         # Wherever the signal lands after ``ask`` (sampling, composing, training, logging), the
         # trial must not stay RUNNING in the study; if it was already told, leave it as it is.
@@ -321,13 +339,14 @@ def _run_trial(
         raise
 
 
-def _evaluate_trial(
+def _train_trial(
     study: optuna.Study,
     trial: optuna.Trial,
     tune_cfg: Any,
     base_overrides: list[str],
     parent: str,
     metric: str,
+    train: Callable[..., dict[str, Any]],
 ) -> None:
     trial_overrides = sample(trial, tune_cfg.space)
     log.info("tune: trial %d: %s", trial.number, " ".join(trial_overrides))
