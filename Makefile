@@ -95,16 +95,16 @@ screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/ui_check.py
 
 server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.server --port $${SERVER_PORT:-5000}
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.tracking_server --port $${SERVER_PORT:-5000}
 
 serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@<registry.alias> on 127.0.0.1:PORT (default 5001)
 	@echo "mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		$(BIN)/python -m fmnist_mlops.servectl start --port $(PORT) -- \
+		$(BIN)/python -m fmnist_mlops.model_server start --port $(PORT) -- \
 		$(BIN)/mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (nothing else)
-	@$(BIN)/python -m fmnist_mlops.servectl stop --port $(PORT)
+	@$(BIN)/python -m fmnist_mlops.model_server stop --port $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion
 	$(BIN)/python src/rollback.py

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_mlops.servectl import running
+from fmnist_mlops.model_server import running
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -5,7 +5,7 @@ from fmnist_mlops import tfquiet
 tfquiet.install()  # before anything imports TensorFlow: its start-up banner stays out
 
 from fmnist_mlops.cli import command  # noqa: E402
-from fmnist_mlops.predict import main  # noqa: E402
+from fmnist_mlops.prediction import main  # noqa: E402
 
 if __name__ == "__main__":
     command("predict", main)

@@ -12,14 +12,14 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 def stage(cfg: DictConfig):
     """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
-    from fmnist_mlops.report import build_report
+    from fmnist_mlops.reporting import build_report
 
     return build_report(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.report.build_report` (writes ``reports/champion.html``)."""
+    """Run :func:`fmnist_mlops.reporting.build_report` (writes ``reports/champion.html``)."""
     run("report", stage, cfg)
 
 

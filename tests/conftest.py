@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose
 from fmnist_mlops.data import SPECS
-from fmnist_mlops.servectl import running as http_process  # noqa: F401 - for the tests
+from fmnist_mlops.model_server import running as http_process  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")

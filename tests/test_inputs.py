@@ -203,7 +203,7 @@ def test_predict_refuses_bad_arguments_and_images_in_one_line(
 def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subprocess_env):
     from PIL import Image, ImageDraw
 
-    from fmnist_mlops.predict import MAX_PIXELS
+    from fmnist_mlops.prediction import MAX_PIXELS
 
     width, height = 9000, MAX_PIXELS // 9000  # 89,478,000 pixels: just under the cap
     image = Image.new("L", (width, height), 255)
@@ -212,7 +212,7 @@ def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subproc
     del image
     code = (
         "import resource, sys; from pathlib import Path\n"
-        "from fmnist_mlops.predict import load_images\n"
+        "from fmnist_mlops.prediction import load_images\n"
         f"x = load_images([Path({str(tmp_path / 'big.png')!r})])\n"
         "print(x.shape, float(x.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -275,7 +275,7 @@ def test_an_unusable_output_folder_is_refused_before_any_run(
 # Every `python -m fmnist_mlops.<module>` command shares the stages' failure path (cli.fail).
 MODULE_COMMANDS = {
     "clean-runs": ["-m", "fmnist_mlops.housekeeping", "--no-dvc", "--tracking-uri=foo://x"],
-    "server": ["-m", "fmnist_mlops.server", "--backend-store-uri=foo://x"],
+    "server": ["-m", "fmnist_mlops.tracking_server", "--backend-store-uri=foo://x"],
     "params": ["-m", "fmnist_mlops.params", "--output={tmp}/p.yaml", "train.lr=-1"],
     "clean": ["-m", "fmnist_mlops.scratch", "--root={tmp}/a-file"],
     "predict": ["src/predict.py", "--top-k=99", "--test-samples=1"],

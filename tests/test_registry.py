@@ -154,7 +154,7 @@ def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line
     import subprocess
     import sys
 
-    from fmnist_mlops.report import build_report
+    from fmnist_mlops.reporting import build_report
 
     uri = f"sqlite:///{tmp_path / 'gone.db'}"
     client = MlflowClient(uri, registry_uri=uri)

@@ -23,7 +23,7 @@ from fmnist_mlops import CLASS_NAMES
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import PREDICTIONS_CSV
-from fmnist_mlops.predict import to_fashion_mnist
+from fmnist_mlops.prediction import to_fashion_mnist
 from fmnist_mlops.registry import promote
 from fmnist_mlops.training import train
 
@@ -342,7 +342,7 @@ def test_predict_cli_reads_images_and_walks_through_test_samples(
 def serving_rss(port: int) -> int:
     """Resident memory of the MLflow serving process tree listening on ``port``."""
 
-    from fmnist_mlops.servectl import listeners
+    from fmnist_mlops.model_server import listeners
 
     total = 0
     for proc in listeners(port):

@@ -218,7 +218,7 @@ def _env(name: str, value: str):
 def log_served_model(
     keras_file: Path, example: np.ndarray, best_epoch: int
 ) -> mlflow.models.model.ModelInfo:
-    """Log the network as the models-from-code pyfunc in ``serving.py`` (name ``model``).
+    """Log the network as the models-from-code pyfunc in ``pyfunc_model.py`` (name ``model``).
 
     Linked to the run's metrics of ``best_epoch`` (the restored weights), so MLflow 3's model
     page and ``search_logged_models`` show that epoch's numbers, not the first epoch's.
@@ -226,7 +226,7 @@ def log_served_model(
     The signature declares the ``top_k`` param and no input schema on purpose: MLflow's tensor
     schema enforcement refuses any dtype but the declared one before the model's code runs
     (uint8 pixels, as read from image files, were refused for a float32 spec), so the model
-    validates its input itself (``serving.validate_pixels``; the contract is in the README).
+    validates its input itself (``pyfunc_model.validate_pixels``; the contract is in the README).
     A real uint8 input example, explicit pip requirements (inference costs seconds and lists
     the wrong TensorFlow), and the class names as an artifact inside the model.
     """
@@ -241,7 +241,7 @@ def log_served_model(
         names.write_text(json.dumps(list(CLASS_NAMES)))
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(Path(__file__).with_name("serving.py")),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"keras_model": str(keras_file), "class_names": str(names)},
             signature=signature,
             input_example=(example, {"top_k": 3}),

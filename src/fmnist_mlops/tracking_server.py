@@ -97,7 +97,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Check the backend, then replace this process by ``mlflow server`` (exit 2 if bad)."""
-    parser = argparse.ArgumentParser(prog="python -m fmnist_mlops.server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m fmnist_mlops.tracking_server", description=__doc__
+    )
     parser.add_argument("--backend-store-uri", default=None)
     parser.add_argument(
         "--artifacts-destination",

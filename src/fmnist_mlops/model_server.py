@@ -175,7 +175,7 @@ def start(port: int, cmd: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fmnist_mlops.servectl {start,stop} --port 5001 [-- command ...]``."""
+    """``python -m fmnist_mlops.model_server {start,stop} --port 5001 [-- command ...]``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--port", type=int, default=5001)

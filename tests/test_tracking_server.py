@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 from conftest import copy_project, free_port, http_process, require_real_data, venv_env
 
-from fmnist_mlops.server import backend_store_uri, server_command
+from fmnist_mlops.tracking_server import backend_store_uri, server_command
 
 BIN = Path(sys.executable).parent
 
@@ -30,7 +30,7 @@ def api(url: str, endpoint: str, body: dict | None = None, **query: str) -> dict
 
 def run_server(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.server", *args],
+        [sys.executable, "-m", "fmnist_mlops.tracking_server", *args],
         capture_output=True,
         text=True,
         env=venv_env(),
@@ -68,7 +68,7 @@ def test_unreachable_postgres_is_one_line_before_mlflow_starts():
 
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
-    """``python -m fmnist_mlops.server`` (what ``make server`` runs) on a fresh database."""
+    """``python -m fmnist_mlops.tracking_server`` (``make server``) on a fresh database."""
     admin = sqlalchemy.create_engine(backend_store_uri(postgres), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text("CREATE DATABASE mlflow_team"))
@@ -78,7 +78,7 @@ def tracking_server(postgres, tmp_path_factory):
     cmd = [
         sys.executable,
         "-m",
-        "fmnist_mlops.server",
+        "fmnist_mlops.tracking_server",
         "--backend-store-uri",
         db,
         "--artifacts-destination",

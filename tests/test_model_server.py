@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from fmnist_mlops.servectl import port_in_use
+from fmnist_mlops.model_server import port_in_use
 
 
-def servectl(cwd, env, *args: str) -> subprocess.CompletedProcess:
+def model_server(cwd, env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.servectl", *args],
+        [sys.executable, "-m", "fmnist_mlops.model_server", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -44,10 +44,10 @@ def test_a_foreign_program_on_the_port_is_named_and_left_alone(
     )
     try:
         wait_until(lambda: port_in_use(port))
-        stopped = servectl(tmp_path, subprocess_env, "stop", "--port", str(port))
+        stopped = model_server(tmp_path, subprocess_env, "stop", "--port", str(port))
         assert stopped.returncode == 0
         assert f"held by pid {foreign.pid}" in stopped.stderr and "left alone" in stopped.stderr
-        started = servectl(tmp_path, subprocess_env, "start", "--port", str(port), "--", "true")
+        started = model_server(tmp_path, subprocess_env, "start", "--port", str(port), "--", "true")
         assert started.returncode == 2
         [line] = started.stderr.strip().splitlines()
         assert line.startswith(f"serve: error: PORT={port} is held by pid {foreign.pid}")
@@ -61,7 +61,7 @@ def test_serve_records_its_server_and_serve_stop_stops_exactly_that(
     tmp_path, subprocess_env, free_tcp_port
 ):
     port = free_tcp_port
-    cmd = [sys.executable, "-m", "fmnist_mlops.servectl", "start", "--port", str(port), "--"]
+    cmd = [sys.executable, "-m", "fmnist_mlops.model_server", "start", "--port", str(port), "--"]
 
     def make_serve() -> subprocess.Popen:
         return subprocess.Popen(
@@ -82,11 +82,11 @@ def test_serve_records_its_server_and_serve_stop_stops_exactly_that(
         again = make_serve()
         ours.wait(timeout=30)
         wait_until(lambda: port_in_use(port))
-        stopped = servectl(tmp_path, subprocess_env, "stop", "--port", str(port))
+        stopped = model_server(tmp_path, subprocess_env, "stop", "--port", str(port))
         assert "stopped the model server" in stopped.stdout
         again.wait(timeout=30)
         assert not port_in_use(port) and not (tmp_path / ".serve" / f"port-{port}.json").exists()
-        nothing = servectl(tmp_path, subprocess_env, "stop", "--port", str(port))
+        nothing = model_server(tmp_path, subprocess_env, "stop", "--port", str(port))
         assert nothing.returncode == 0 and not nothing.stdout and not nothing.stderr
     finally:
         for proc in (ours,):
