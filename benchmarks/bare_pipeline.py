@@ -34,7 +34,7 @@ def main() -> int:
     parts = split(arrays, config.data)
     splits = Splits(*parts["train"], *parts["val"], *parts["test"], meta={})
     with tempfile.TemporaryDirectory() as tmp:
-        model, _, _ = fit(config.train, config.model, config.seed, splits, Path(tmp), track=False)
+        model, _, _ = fit(config.train, config.model, config.seed, splits, Path(tmp))
     test = assess(model, splits.x_test, splits.y_test)
     print(json.dumps({"seconds": time.monotonic() - STARTED, "test_accuracy": test.accuracy}))
     return 0

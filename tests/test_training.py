@@ -38,6 +38,11 @@ def test_train_logs_params_epoch_history_artifacts_and_model(trained):
     tags = run.data.tags
     assert tags["data.sha256.train-images"].startswith("c59f468a")
     assert "git_commit" in tags and tags["git_dirty"] in ("true", "false")
+    # train.precision: auto, resolved for this CPU and recorded on the run.
+    from fmnist_mlops import platforms
+
+    assert tags["precision.resolved"] == platforms.resolve_precision("auto")
+    assert tags["distribute.replicas"] == "1"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots", "checkpoints"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -142,7 +147,6 @@ def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_
         c.seed,
         splits,
         tmp_path / "out",
-        track=False,
         extra_callbacks=[LastBatch()],
     )
     assert model.steps_per_execution > 1
@@ -192,7 +196,7 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
     splits = load_prepared(smoke_prepared)
     out = tmp_path / "out"
     c = validate(cfg)
-    fit(c.train, c.model, c.seed, splits, out, track=False)
+    fit(c.train, c.model, c.seed, splits, out)
     published = out / MODEL_FILE
     before = published.read_bytes()
 
@@ -208,7 +212,6 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
             c.seed,
             splits,
             out,
-            track=False,
             extra_callbacks=[FailAfterFirstEpoch()],
         )
     assert published.read_bytes() == before

@@ -34,7 +34,22 @@ EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Log ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` once per epoch (step = epoch)."""
+    """Log ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` once per epoch (step = epoch).
+
+    The tracked training passes it in (``fit`` itself knows nothing of MLflow). At the start it
+    tags the run with the replicas the model trains on and the precision it computes in.
+    """
+
+    def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: D102
+        policies = {layer.dtype_policy.name for layer in self.model.layers}
+        mlflow.set_tags(
+            {
+                "distribute.replicas": str(self.model.distribute_strategy.num_replicas_in_sync),
+                "precision.resolved": "mixed_bfloat16"
+                if "mixed_bfloat16" in policies
+                else "float32",
+            }
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
         logs = logs or {}
@@ -191,14 +206,13 @@ def project_chain(
     best_weights: list | None,
     backup: Any,
     history: dict[str, list[float]],
-    track: bool,
     extra: Sequence[keras.callbacks.Callback] = (),
 ) -> Chain:
     """Build the project's callbacks in the order the resume logic depends on.
 
     Signals and NaN first; then the best-only checkpoint, early stopping and the LR plateau
     (their state changes at the end of an epoch); then :class:`EpochBackup`, which saves that
-    state; then :class:`MlflowEpochLogger`; then ``extra``.
+    state; then ``extra`` (the tracked training's :class:`MlflowEpochLogger` first).
 
     Args:
         train_cfg: The ``train`` config group.
@@ -207,7 +221,6 @@ def project_chain(
         best_weights: The restored best weights (None when starting fresh).
         backup: A ``resume.EpochBackupSpec``, or None for no per-epoch backups.
         history: Epoch metrics so far (a resumed run's).
-        track: Add the MLflow epoch logger.
         extra: More callbacks, run last.
     """
     monitor = train_cfg.monitor
@@ -253,6 +266,4 @@ def project_chain(
                 history=history,
             )
         )
-    if track:
-        chain.append(MlflowEpochLogger())
     return Chain([*chain, *extra], early)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.folders import writable_dir
 from fmnist_mlops.paths import resolve
-from fmnist_mlops.schema import NUM_CLASSES, DataCfg
+from fmnist_mlops.schema import NUM_CLASSES, Config, DataCfg
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +354,21 @@ def check_split(data_cfg: DataCfg, meta: dict[str, Any], folder: Path) -> None:
             f"prepared data in {folder} was made with {found}, this config asks for {wanted}: "
             f"run `python src/prepare.py` with the same data.* overrides (or `dvc repro`) first"
         )
+
+
+def stage_split(config: Config) -> tuple[Path, Splits]:
+    """The prepared split every stage after ``prepare`` reads, checked against ``config``.
+
+    ``paths.prepared``, loaded, and refused in one line if it was made with other ``data.*``
+    settings than ``config``'s.
+
+    Returns:
+        The folder and the splits.
+    """
+    prepared = resolve(config.paths.prepared)
+    splits = load_prepared(prepared)
+    check_split(config.data, splits.meta, prepared)
+    return prepared, splits
 
 
 def prepare(cfg: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
-from fmnist_mlops.data import Splits, check_split, load_prepared
+from fmnist_mlops.data import Splits, stage_split
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import (
     CONFUSION_PNG,
@@ -24,7 +24,6 @@ from fmnist_mlops.paths import (
     PREDICTIONS_CSV,
     RUN_FILE,
     atomic,
-    resolve,
     write_json,
 )
 from fmnist_mlops.plots import confusion_plot, misclassified_grid
@@ -64,13 +63,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return evaluate_into(cfg)[0]
 
 
-def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+def evaluate_into(cfg: DictConfig, splits: Splits | None = None) -> tuple[dict[str, Any], Path]:
     """Score the trained model on the val and test splits and log it to the train run.
 
     The model is ``models/model.keras`` in ``paths.out`` or, with ``run_id``, the run's logged
     model in MLflow (then the reports go to ``paths.out`` or a new scratch folder).
     Writes ``reports/metrics.json`` (DVC metrics, with the MLflow ``run_id``), per-class
     scores, per-image test predictions, the confusion matrix and a misclassified grid.
+
+    Args:
+        cfg: The composed config.
+        splits: The stage's split when the caller has loaded it already (``stage_split``).
 
     Returns:
         The metrics written to ``reports/metrics.json``, and the folder holding the reports.
@@ -80,9 +83,8 @@ def evaluate_into(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     if not run_id:  # what train wrote, read before any heavy work
         out = stage_dir(paths.out, "evaluate")
         run_info = read_run(out)
-    prepared = resolve(paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(config.data, splits.meta, prepared)
+    if splits is None:
+        splits = stage_split(config)[1]
     tracking.setup(cfg)
     if run_id:  # nothing from a scratch folder: the run, its model and scores in MLflow
         run_info = tracking.run_record(run_id, splits.meta)

@@ -22,14 +22,13 @@ from omegaconf import DictConfig
 
 from fmnist_mlops import tracking
 from fmnist_mlops.config import validate
-from fmnist_mlops.data import check_split, load_prepared
+from fmnist_mlops.data import Splits, stage_split
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
     RUN_FILE,
-    resolve,
     store_root,
     write_json,
 )
@@ -130,10 +129,14 @@ def current_champion(client: MlflowClient, name: str, alias: str):
         return None
 
 
-def promote(cfg: DictConfig) -> dict[str, Any]:
+def promote(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
     """Register the evaluated model and move the alias if the promotion rule says so.
 
     Writes ``reports/promotion.json`` with the decision and both scores.
+
+    Args:
+        cfg: The composed config.
+        splits: The stage's split when the caller has loaded it already (``stage_split``).
     """
     config = validate(cfg)
     paths, run_id = config.paths, config.run_id
@@ -145,9 +148,8 @@ def promote(cfg: DictConfig) -> dict[str, Any]:
             raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
         if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
             raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
-    prepared = resolve(paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(config.data, splits.meta, prepared)
+    if splits is None:
+        splits = stage_split(config)[1]
     tracking.setup(cfg)
     if run_id:
         run_info = tracking.run_record(run_id, splits.meta)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, tracking
 from fmnist_mlops.config import validate
-from fmnist_mlops.data import check_split, load_prepared
+from fmnist_mlops.data import stage_split
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
@@ -148,9 +148,7 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     client = MlflowClient()
     reg = config.registry
     version, run = _champion(client, reg, uri)
-    prepared = resolve(config.paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(config.data, splits.meta, prepared)
+    prepared, splits = stage_split(config)
     model = load_network(f"models:/{reg.model_name}@{reg.alias}")
     test = assess(model, splits.x_test, splits.y_test)
     logged = run.data.metrics

@@ -12,6 +12,8 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmnist_mlops.config import validate
+from fmnist_mlops.data import stage_split
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.evaluation import evaluate_into
 from fmnist_mlops.registry import promote
@@ -28,10 +30,11 @@ def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
         The test metrics, the reports' folder (``out_dir``) and the promotion record
         (``promotion``).
     """
-    metrics, out = evaluate_into(cfg)
+    splits = stage_split(validate(cfg))[1]  # once for both: the evaluation and the promotion
+    metrics, out = evaluate_into(cfg, splits)
     if cfg.paths.out is None:
         cfg = OmegaConf.merge(cfg, {"paths": {"out": str(out)}})
-    return {**metrics, "out_dir": str(out), "promotion": promote(cfg)}
+    return {**metrics, "out_dir": str(out), "promotion": promote(cfg, splits)}
 
 
 def child_config(run_id: str, caller: DictConfig) -> DictConfig:

@@ -27,7 +27,7 @@ from fmnist_mlops import CLASS_NAMES, augment, feed, nesting, platforms, resume,
 from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.config import validate
-from fmnist_mlops.data import Splits, check_split, load_prepared
+from fmnist_mlops.data import Splits, stage_split
 from fmnist_mlops.distribute import make_strategy
 from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.folders import writable_dir
@@ -88,7 +88,6 @@ def fit(
     out: Path,
     backup: resume.EpochBackupSpec | None = None,
     restored: resume.ResumeState | None = None,
-    track: bool = True,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build, compile and fit the model; publish the best checkpoint as ``models/model.keras``.
@@ -105,9 +104,8 @@ def fit(
         out: Folder for ``models/model.keras``.
         backup: Where to back up each finished epoch (None: no backups).
         restored: A backup to continue from, instead of starting at epoch 0.
-        track: Log per-epoch metrics to the active MLflow run (False: no MLflow at all, as in
-            the benchmark's bare process).
-        extra_callbacks: More Keras callbacks, run after the project's own.
+        extra_callbacks: More Keras callbacks, run after the project's own (the tracked
+            training's MLflow logger, the tuner's pruning). ``fit`` itself logs nothing.
 
     Returns:
         The model (best weights), the per-epoch history and the best epoch (0-based).
@@ -119,10 +117,10 @@ def fit(
     published.parent.mkdir(parents=True, exist_ok=True)
     staging = published.with_name(f".{published.stem}.best{published.suffix}")
     steps = feed.batches_per_epoch(len(splits.x_train), train_cfg.batch_size)
-    model = _compiled_model(train_cfg, model_cfg, strategy, steps, restored, track)
+    model = _compiled_model(train_cfg, model_cfg, strategy, steps, restored)
     past, best_weights = _resume_from(restored, staging)
     chain = callbacks_lib.project_chain(
-        train_cfg, staging, restored, best_weights, backup, past, track, extra_callbacks
+        train_cfg, staging, restored, best_weights, backup, past, extra_callbacks
     )
     try:
         history = _run_epochs(model, train_cfg, seed, splits, steps, chain.callbacks, restored)
@@ -146,7 +144,7 @@ def fit(
 
 
 def _compiled_model(
-    train_cfg: TrainCfg, model_cfg: ModelCfg, strategy, steps: int, restored, track: bool
+    train_cfg: TrainCfg, model_cfg: ModelCfg, strategy, steps: int, restored
 ) -> keras.Model:
     # Keras' multi-step loop fails under tf.distribute strategies (an unfed placeholder in
     # its while loop, Keras 3.15): one step per call there.
@@ -158,13 +156,6 @@ def _compiled_model(
         else:
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
-    if track and mlflow.active_run() is not None:
-        mlflow.set_tags(
-            {
-                "distribute.replicas": str(strategy.num_replicas_in_sync),
-                "precision.resolved": precision,
-            }
-        )
     return model
 
 
@@ -280,9 +271,7 @@ def train(
     """
     config = validate(cfg)
     paths = config.paths
-    prepared = resolve(paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(config.data, splits.meta, prepared)
+    prepared, splits = stage_split(config)
     # An output folder that cannot work is refused before any run exists.
     if paths.out is None:
         writable_dir("paths.scratch", scratch_root(paths.scratch))
@@ -419,7 +408,7 @@ def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=
         out,
         backup=spec,
         restored=restored,
-        extra_callbacks=callbacks,
+        extra_callbacks=[callbacks_lib.MlflowEpochLogger(), *callbacks],
     )
     fit_seconds = time.perf_counter() - started
 
