@@ -24,8 +24,8 @@ def main() -> int:
     from fmnist_mlops.cli import skip_exit_collection
     from fmnist_mlops.config import validate
     from fmnist_mlops.data import Splits, load_raw, locate, split
+    from fmnist_mlops.fitting import fit
     from fmnist_mlops.scoring import assess
-    from fmnist_mlops.training import fit
 
     skip_exit_collection()  # as every stage does: a fair yardstick
     config = validate(OmegaConf.load(ROOT / "params.yaml"))

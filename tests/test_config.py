@@ -230,3 +230,22 @@ def test_make_serve_serves_the_model_conf_names():
     dry = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert f"-m models:/{cfg.registry.model_name}@{cfg.registry.alias} " in dry.stdout
+
+
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in (ROOT / "conf").iterdir()
+    if group.is_dir() and group.name not in ("tune",)
+    for option in group.glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=lambda v: str(v))
+def test_every_config_variant_composes_and_validates(group, option):
+    """Every file of every config group (found by glob, so a new variant is tested too)."""
+    override = f"+{group}={option}" if group == "experiment" else f"{group}={option}"
+    config = validate(compose([override], config_dir=ROOT / "conf"))
+    if group == "model":
+        from fmnist_mlops.model import build_model
+
+        assert build_model(config.model).count_params() > 0

@@ -103,3 +103,28 @@ def test_the_level_count_sees_lazy_imports(tmp_path):
     (pkg / "b.py").write_text("import p.c\n")
     (pkg / "c.py").write_text("")
     assert longest_chain(import_graph(tmp_path)) == ["p.a", "p.b", "p.c"]
+
+
+def test_every_module_of_the_package_sits_in_a_layer(project_root):
+    """A module left out of the contract would be unconstrained."""
+    import tomllib
+
+    config = tomllib.loads((project_root / "pyproject.toml").read_text())
+    (contract,) = config["tool"]["importlinter"]["contracts"]
+    listed = {m.strip() for layer in contract["layers"] for m in layer.split("|")}
+    package = project_root / "src" / "fmnist_mlops"
+    modules = {f"fmnist_mlops.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    assert modules - listed == set()
+
+
+def test_no_function_is_longer_than_80_lines(project_root):
+    import ast
+
+    long = []
+    for path in (project_root / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(project_root)}:{node.name} {lines}")
+    assert long == []

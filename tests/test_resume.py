@@ -22,8 +22,9 @@ from fmnist_mlops import resume
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import Interrupted
+from fmnist_mlops.fitting import fit
 from fmnist_mlops.paths import MODEL_FILE
-from fmnist_mlops.training import fit, train
+from fmnist_mlops.training import train
 
 
 def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, smoke_prepared):

@@ -123,7 +123,7 @@ def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
 def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_prepared):
     """Several steps run per call into TensorFlow, yet an epoch stays one pass over the data."""
     from fmnist_mlops.data import load_prepared
-    from fmnist_mlops.training import fit
+    from fmnist_mlops.fitting import fit
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.batch_size=32", "train.epochs=2")
     splits = load_prepared(smoke_prepared)
@@ -190,7 +190,7 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
 def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke_prepared):
     """models/model.keras (a DVC output) is published once, verified; never half-written."""
     from fmnist_mlops.data import load_prepared
-    from fmnist_mlops.training import fit
+    from fmnist_mlops.fitting import fit
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
     splits = load_prepared(smoke_prepared)
