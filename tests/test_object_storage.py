@@ -1,0 +1,192 @@
+"""Object storage for real: MLflow artifacts and the DVC remote on an S3-compatible server.
+
+moto's standalone server (``moto_server``, the ``dev`` extra) runs as its own process on
+127.0.0.1; boto3 and dvc-s3 (the ``s3`` extra) talk to it exactly as to S3. These tests fail,
+not skip, when the extra is missing. Credentials come only from the environment, and a marker
+secret must show up nowhere the project writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import copy_project, free_port, http_process, require_real_data, venv_env
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+BUCKET = "fmnist-team"
+SECRET = "marker-secret-7f3a9c1e-never-logged"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3-compatible server process on loopback with one bucket; its endpoint URL."""
+    import boto3  # the s3 extra: an ImportError here fails the test, as it should
+
+    home = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with http_process(cmd, venv_env(), f"{url}/moto-api/", home / "moto.log"):
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id="fmnist",
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=BUCKET)
+        yield url, client
+
+
+def s3_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """Credentials and endpoint from the environment only, as a team member would have them."""
+    return venv_env(
+        AWS_ACCESS_KEY_ID="fmnist",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        MLFLOW_S3_ENDPOINT_URL=endpoint,
+        **extra,
+    )
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{cmd}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def keys(client, prefix: str = "") -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def digests(root: Path) -> dict[str, str]:
+    files = [p for d in ("data/prepared", "models", "reports") for p in (root / d).rglob("*")]
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+        if p.is_file() and p.name != ".gitignore"
+    }
+
+
+@pytest.fixture(scope="module")
+def team(s3, tmp_path_factory):
+    """The tracking server with its artifacts in the bucket, and a smoke pipeline run through it."""
+    require_real_data()
+    endpoint, client = s3
+    home = tmp_path_factory.mktemp("team")
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fmnist_mlops.tracking_server",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'server.db'}",
+        "--artifacts-destination",
+        f"s3://{BUCKET}/mlflow",
+        "--port",
+        str(port),
+    ]
+    with http_process(cmd, s3_env(endpoint), f"{server}/health", home / "server.log"):
+        project = copy_project(home / "project")
+        env = s3_env(endpoint, MLFLOW_TRACKING_URI=server)
+        logs = run([sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke"], project, env)
+        logs += run(["git", "commit", "-qam", "smoke params"], project, env)
+        logs += run([str(BIN / "dvc"), "repro"], project, env)
+        yield {
+            "endpoint": endpoint,
+            "client": client,
+            "server": server,
+            "home": home,
+            "project": project,
+            "env": env,
+            "logs": logs,
+        }
+
+
+def test_mlflow_artifacts_land_in_the_bucket_and_nothing_local(team):
+    project, client = team["project"], team["client"]
+    stored = keys(client, "mlflow/")
+    assert any(k.endswith("checkpoints/model.keras") for k in stored), stored[:20]
+    assert any(k.endswith("plots/history.png") for k in stored)
+    assert any(k.endswith("evaluation/confusion_matrix.png") for k in stored)
+    assert any(k.endswith("/MLmodel") for k in stored), "the logged model is in the bucket"
+    assert not (project / "mlruns").exists() and not (project / "mlflow.db").exists()
+    assert not (team["home"] / "mlruns").exists()
+
+
+def test_the_champion_from_the_bucket_serves(team):
+    """What `make serve` runs, against the shared server whose artifacts are in the bucket."""
+    from mlflow.tracking import MlflowClient
+
+    env = team["env"]
+    champion = MlflowClient(team["server"]).get_model_version_by_alias(
+        "fashion-mnist-cnn", "champion"
+    )
+    assert champion.version == "1"
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/fashion-mnist-cnn@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with http_process(cmd, env, f"{url}/ping", team["home"] / "serve.log", timeout=180):
+        body = json.dumps({"inputs": [[[0] * 28] * 28], "params": {"top_k": 2}}).encode()
+        request = urllib.request.Request(
+            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    assert response.status == 200
+    assert len(answer["predictions"][0]["probabilities"]) == 10
+
+
+def test_dvc_push_to_s3_and_pull_into_a_fresh_clone(team, tmp_path):
+    project, env, client = team["project"], team["env"], team["client"]
+    dvc = str(BIN / "dvc")
+    run([dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc"], project, env)
+    run([dvc, "remote", "modify", "s3", "endpointurl", team["endpoint"]], project, env)
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "S3 remote, pipeline results"], project, env)
+    run([dvc, "push"], project, env)
+    assert keys(client, "dvc/"), "dvc push wrote nothing to the bucket"
+
+    other = tmp_path / "second-clone"
+    run(["git", "clone", "-q", str(project), str(other)], tmp_path, env)
+    assert not (other / "models" / "model.keras").exists()
+    run([dvc, "pull"], other, env)
+    assert digests(other) == digests(project)
+
+
+def test_the_secret_shows_up_nowhere_the_project_writes(team):
+    from mlflow.tracking import MlflowClient
+
+    project = team["project"]
+    client = MlflowClient(team["server"])
+    experiment = client.get_experiment_by_name("fashion-mnist")
+    for found in client.search_runs([experiment.experiment_id]):
+        assert SECRET not in json.dumps(found.data.params)
+        assert SECRET not in json.dumps(found.data.tags)
+    assert SECRET not in team["logs"]
+    assert SECRET.encode() not in (team["home"] / "server.db").read_bytes()
+    assert SECRET not in (team["home"] / "server.log").read_text()
+    assert SECRET not in (project / ".dvc" / "config").read_text()
+    for path in (project / ".dvc").rglob("config*"):
+        assert SECRET not in path.read_text(errors="replace")
