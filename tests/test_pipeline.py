@@ -325,6 +325,87 @@ def test_two_queue_workers_train_at_once_without_touching_each_other(smoke_proje
     assert not list((project / ".backups").glob("train-*"))
 
 
+def _training_process(name: str, timeout: float = 300):
+    """The `python src/train.py` process of queued experiment ``name``, once it runs."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(a.endswith("src/train.py") for a in proc.info["cmdline"] or []) and (
+                    proc.environ().get("DVC_EXP_NAME") == name
+                ):
+                    return proc
+            except psutil.Error:
+                continue
+        time.sleep(0.5)
+    raise AssertionError(f"experiment {name} never started training")
+
+
+def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, read_only_rows_fn):
+    """`dvc exp run --queue` x4, `dvc queue start -j 2`, SIGINT to one experiment's training:
+    only its run ends KILLED, the others finish, each run is recorded once in the SQLite store,
+    and the registry holds exactly the finished ones."""
+    import signal
+
+    project = smoke_project
+    before = {r.info.run_id for r in runs(project)}
+    names = [f"q4-{seed}" for seed in (41, 42, 43, 44)]
+    for name in names:
+        dvc(
+            project,
+            *("exp", "run", "--queue", "-n", name, "-S", "+experiment=smoke"),
+            *("-S", f"seed={name[-2:]}", "-S", "train.epochs=8", "-S", "train.patience=8"),
+        )
+    # Not through `dvc()`: the detached workers inherit captured pipes, and reading them to the
+    # end would wait for the whole queue.
+    subprocess.run(
+        [str(BIN / "dvc"), "queue", "start", "-j", "2"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=120,
+    )
+    victim = _training_process(names[0])
+    db = project / "mlflow.db"
+    query = (
+        "SELECT count(*) FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
+        f"WHERE t.key = 'dvc_exp_name' AND t.value = '{names[0]}' AND m.key = 'val_loss'"
+    )
+    deadline = time.monotonic() + 300
+    while not (read_only_rows_fn(db, query) or [(0,)])[0][0] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    victim.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 3, status
+
+    new = {r.data.tags["dvc_exp_name"]: r for r in runs(project) if r.info.run_id not in before}
+    assert sorted(new) == names, "each experiment's run recorded exactly once"
+    assert new[names[0]].info.status == "KILLED"
+    client = client_for(project)
+    for name in names[1:]:
+        assert new[name].info.status == "FINISHED", name
+        steps = sorted(m.step for m in client.get_metric_history(new[name].info.run_id, "val_loss"))
+        assert steps == list(range(len(steps))), f"{name}: one writer, no repeated epoch"
+    for name in names:
+        logs = dvc(project, "queue", "logs", name, check=False).stdout
+        assert "database is locked" not in logs, name
+    versions = client.search_model_versions("name='fashion-mnist-cnn'")
+    registered = {v.run_id for v in versions}
+    assert {new[n].info.run_id for n in names[1:]} <= registered
+    assert new[names[0]].info.run_id not in registered, "the interrupted run registered nothing"
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    assert champion.version in {v.version for v in versions}
+
+
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
     from fmnist_mlops.housekeeping import champion_chain
 
