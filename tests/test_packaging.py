@@ -79,11 +79,14 @@ def _fake_python(folder: Path, name: str, version: str | None) -> Path:
 
 def test_make_install_refuses_python_3_14_in_one_line(tmp_path):
     fake = _fake_python(tmp_path, "python3.14", "3.14")
+    # As a user types it: not a sub-make of `make test` (which would add "Entering directory").
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     proc = subprocess.run(
         ["make", "-n", "install", f"PYTHON={fake}", f"VENV={tmp_path / 'venv'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env=env,
     )
     assert proc.returncode == 2
     lines = (proc.stdout + proc.stderr).strip().splitlines()
