@@ -31,7 +31,9 @@ class Training:
             "train.verbose=0",
             f"train.epochs={epochs}",
             f"train.patience={epochs}",
-            "train.batch_size=8",  # 64 steps per epoch: long enough to catch it live
+            # 128 steps per epoch: a run must outlive the start of two more (~60 s on a loaded
+            # 2-core CI machine; batch 8 let 80 epochs finish first).
+            "train.batch_size=4",
             f"paths.prepared={prepared}",
             f"paths.scratch={tmp_path / 'scratch'}",
             f"mlflow.tracking_uri=sqlite:///{self.db}",
