@@ -128,7 +128,10 @@ def test_the_champion_from_the_bucket_serves(team):
     from mlflow.tracking import MlflowClient
 
     env = team["env"]
-    champion = MlflowClient(team["server"]).get_model_version_by_alias(
+    # The registry too: an earlier test in this process may have pointed MLflow's default
+    # registry URI elsewhere.
+    server = team["server"]
+    champion = MlflowClient(server, registry_uri=server).get_model_version_by_alias(
         "fashion-mnist-cnn", "champion"
     )
     assert champion.version == "1"
@@ -179,7 +182,7 @@ def test_the_secret_shows_up_nowhere_the_project_writes(team):
     from mlflow.tracking import MlflowClient
 
     project = team["project"]
-    client = MlflowClient(team["server"])
+    client = MlflowClient(team["server"], registry_uri=team["server"])
     experiment = client.get_experiment_by_name("fashion-mnist")
     for found in client.search_runs([experiment.experiment_id]):
         assert SECRET not in json.dumps(found.data.params)
