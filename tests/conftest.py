@@ -36,6 +36,8 @@ def require_real_data() -> Path:
 def venv_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first, no inherited MLflow URI."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    # As a user runs them: MLflow turns on test-only session checks under PYTEST_CURRENT_TEST.
+    env.pop("PYTEST_CURRENT_TEST", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # Temporary repos commit (DVC experiments too); CI machines may have no git identity.
     for key, value in (("GIT_AUTHOR_NAME", "fmnist test"), ("GIT_COMMITTER_NAME", "fmnist test")):

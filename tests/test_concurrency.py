@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import pytest
 from mlflow.entities import Metric
@@ -11,13 +12,21 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 
+def _as_outside_pytest() -> None:
+    # MLflow adds a test-only check to its SQLite sessions while PYTEST_CURRENT_TEST is set,
+    # which these spawned writers inherit; a user's processes never have it.
+    os.environ.pop("PYTEST_CURRENT_TEST", None)
+
+
 def metric_writer(uri: str, run_id: str, i: int) -> None:
+    _as_outside_pytest()
     client = MlflowClient(uri)
     for step in range(2000):
         client.log_metric(run_id, f"m{i}", float(step), step=step)
 
 
 def batch_writer(uri: str, run_id: str, i: int) -> None:
+    _as_outside_pytest()
     client = MlflowClient(uri)
     for b in range(20):
         metrics = [Metric(f"b{i}", float(s), 0, b * 100 + s) for s in range(100)]
