@@ -134,7 +134,7 @@ def test_the_champion_from_the_bucket_serves(team):
     champion = MlflowClient(server, registry_uri=server).get_model_version_by_alias(
         "fashion-mnist-cnn", "champion"
     )
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     port = free_port()
     cmd = [
         str(BIN / "mlflow"),

@@ -299,7 +299,10 @@ def tune(
         )
     run_id = study.best_trial.user_attrs["mlflow_run_id"]
     try:
-        promoted = promote_child(client, parent, client.get_run(run_id), base)
+        # Tuners sharing the study pick the same best trial: one evaluates it at a time (its
+        # run is reopened, RUNNING, meanwhile); the next finds it registered already.
+        with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
+            promoted = promote_child(client, parent, client.get_run(run_id), base)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
