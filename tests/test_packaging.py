@@ -215,8 +215,9 @@ def test_the_model_requirements_resolve_on_every_target(tmp_path, target):
     )
     path = tmp_path / "requirements.txt"
     path.write_text("\n".join(reqs) + "\n")
-    for python in targets.PYTHONS:
-        pins = targets.resolve(path, target, python)
+    with ThreadPoolExecutor(3) as pool:  # network-bound dry runs
+        resolved = list(pool.map(lambda py: targets.resolve(path, target, py), targets.PYTHONS))
+    for pins in resolved:
         tf = {name for name in pins if name in targets.TF_DISTRIBUTIONS}
         assert tf == {"tensorflow-cpu" if target == "linux-x86_64" else "tensorflow"}
         assert pins[tf.pop()] == version
