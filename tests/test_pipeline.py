@@ -210,14 +210,37 @@ def _exp_show(project: Path) -> dict[str, dict]:
 
 def run_queue(project: Path, jobs: int, timeout: float = 600) -> str:
     """`dvc queue start -j JOBS`, then wait until nothing is queued or running."""
-    dvc(project, "queue", "start", "-j", str(jobs))
+    start_queue(project, jobs)
+    status = wait_queue(project, timeout)
+    assert status.count("Success") >= 2, status
+    return status
+
+
+def start_queue(project: Path, jobs: int) -> None:
+    """`dvc queue start -j JOBS`, returning at once.
+
+    Not through `dvc()`: the detached workers inherit captured pipes, and reading them to the
+    end would wait for the whole queue.
+    """
+    subprocess.run(
+        [str(BIN / "dvc"), "queue", "start", "-j", str(jobs)],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=120,
+    )
+
+
+def wait_queue(project: Path, timeout: float) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; its last output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = dvc(project, "queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
-    assert status.count("Success") >= 2, status
     return status
 
 
@@ -358,17 +381,7 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
             *("exp", "run", "--queue", "-n", name, "-S", "+experiment=smoke"),
             *("-S", f"seed={name[-2:]}", "-S", "train.epochs=8", "-S", "train.patience=8"),
         )
-    # Not through `dvc()`: the detached workers inherit captured pipes, and reading them to the
-    # end would wait for the whole queue.
-    subprocess.run(
-        [str(BIN / "dvc"), "queue", "start", "-j", "2"],
-        cwd=project,
-        env=venv_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=True,
-        timeout=120,
-    )
+    start_queue(project, 2)
     victim = _training_process(names[0])
     db = project / "mlflow.db"
     query = (
@@ -379,12 +392,7 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
     while not (read_only_rows_fn(db, query) or [(0,)])[0][0] and time.monotonic() < deadline:
         time.sleep(0.5)
     victim.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    status = wait_queue(project, 900)
     assert status.count("Success") >= 3, status
 
     new = {r.data.tags["dvc_exp_name"]: r for r in runs(project) if r.info.run_id not in before}
