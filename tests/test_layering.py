@@ -128,3 +128,19 @@ def test_no_function_is_longer_than_80_lines(project_root):
                 if lines > 80:
                     long.append(f"{path.relative_to(project_root)}:{node.name} {lines}")
     assert long == []
+
+
+def test_no_script_shadows_a_standard_or_installed_module(project_root):
+    # Tests put tools/, benchmarks/, src/ and deploy/ folders on sys.path, and spawned
+    # processes inherit it: a benchmarks/queue.py once replaced the standard `queue` module
+    # inside every spawned MLflow writer (urllib3 needs queue.LifoQueue).
+    from importlib.metadata import packages_distributions
+
+    taken = set(sys.stdlib_module_names) | set(packages_distributions())
+    skip = {".venv", ".git", "node_modules", "fmnist_mlops"}  # the package's modules are namespaced
+    shadows = sorted(
+        str(path.relative_to(project_root))
+        for path in project_root.rglob("*.py")
+        if not skip & set(path.relative_to(project_root).parts) and path.stem in taken
+    )
+    assert not shadows, f"rename these scripts: {shadows}"

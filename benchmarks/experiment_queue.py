@@ -1,9 +1,9 @@
 """`dvc queue start -j 2` vs `-j 1`: 4 queued smoke experiments into one SQLite store.
 
 Side by side in one session (a fresh clone each), wall time from `queue start` until nothing
-is queued or running. Prints a table; writes results/queue.json.
+is queued or running. Prints a table; writes results/experiment_queue.json.
 
-Usage: python benchmarks/queue.py [--experiments 4] [--epochs 8]
+Usage: python benchmarks/experiment_queue.py [--experiments 4] [--epochs 8]
 """
 
 import argparse
@@ -74,7 +74,7 @@ def main() -> None:
     print("| --- | --- | --- |")
     for jobs, seconds in walls.items():
         print(f"| -j {jobs} | {seconds:.1f} | {seconds / walls[1]:.2f} |")
-    out = ROOT / "benchmarks" / "results" / "queue.json"
+    out = ROOT / "benchmarks" / "results" / "experiment_queue.json"
     out.write_text(json.dumps({"wall_s": walls, **vars(args)}, indent=2) + "\n")
 
 
