@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # several real training processes at once
 
-EPOCHS = 80
+EPOCHS = 20
 
 
 class Training:
@@ -31,8 +32,7 @@ class Training:
             "train.verbose=0",
             f"train.epochs={epochs}",
             f"train.patience={epochs}",
-            # 128 steps per epoch: a run must outlive the start of two more (~60 s on a loaded
-            # 2-core CI machine; batch 8 let 80 epochs finish first).
+            # 128 steps an epoch: a run is still at its first epochs when the test freezes it.
             "train.batch_size=4",
             f"paths.prepared={prepared}",
             f"paths.scratch={tmp_path / 'scratch'}",
@@ -77,6 +77,33 @@ class Training:
             time.sleep(0.3)
         assert text in self.stderr, self.stderr[-2000:]
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP) so it stays live however slow the machine is.
+
+        Never frozen inside a store transaction: if the store cannot be locked exclusively
+        right after the stop, the process runs on for a moment and is stopped again.
+        """
+        assert self.proc.poll() is None, f"training ended early: {self.stderr[-2000:]}"
+        for _ in range(100):
+            self.proc.send_signal(signal.SIGSTOP)
+            try:
+                with sqlite3.connect(self.db, timeout=0.5, isolation_level=None) as db:
+                    db.execute("BEGIN EXCLUSIVE")
+                    db.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:
+                self.proc.send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+        pytest.fail("the store stayed locked by the training process")
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def interrupt(self, sig: signal.Signals) -> None:
+        """Deliver ``sig`` to a paused process (it acts on it once continued)."""
+        self.proc.send_signal(sig)
+        self.resume()
+
     def finish(self, timeout: float = 900) -> int:
         return self.proc.wait(timeout=timeout)
 
@@ -93,7 +120,7 @@ def start(tmp_path, smoke_prepared, project_root, subprocess_env):
     yield _start
     for t in started:
         if t.proc.poll() is None:
-            t.proc.kill()
+            t.proc.kill()  # SIGKILL ends a stopped process too
             t.proc.wait()
 
 
@@ -113,16 +140,21 @@ def assert_one_writer_per_run(client: MlflowClient, run_id: str, epochs: int) ->
 
 def test_the_same_command_resumes_the_dead_run_never_a_live_one(start, tmp_path, read_only_rows_fn):
     rows = read_only_rows_fn
+    # Each run is frozen once it has logged an epoch: live for as long as the test needs,
+    # with no race against its own end on a slow machine.
     first = start("seed=1")
     killed = first.wait_for_epoch(rows)
+    first.pause()
     same = start("seed=1")  # same settings, started while the first one is live
     live = same.wait_for_epoch(rows)
+    same.pause()
     other = start("seed=2")  # other settings
     other_run = other.wait_for_epoch(rows)
+    other.pause()
     assert len({killed, live, other_run}) == 3
     assert f"run {killed} with these settings is live" in same.stderr
 
-    first.proc.send_signal(signal.SIGINT)
+    first.interrupt(signal.SIGINT)
     assert first.finish(timeout=120) == 128 + signal.SIGINT, first.stderr[-2000:]
     client = store(tmp_path)
     assert client.get_run(killed).info.status == "KILLED"
@@ -130,6 +162,8 @@ def test_the_same_command_resumes_the_dead_run_never_a_live_one(start, tmp_path,
     rerun = start("seed=1")
     rerun.wait_for_text(f"resuming run {killed}")
     assert same.proc.poll() is None and other.proc.poll() is None, "both still live"
+    same.resume()
+    other.resume()
     for t in (rerun, same, other):
         assert t.finish() == 0, t.stderr[-2000:]
     for run_id in (killed, live, other_run):
@@ -144,10 +178,11 @@ def test_a_live_runs_explicit_output_folder_is_refused_then_resumed_once_it_is_d
 ):
     rows = read_only_rows_fn
     out = tmp_path / "shared-out"
-    first = start(f"paths.out={out}", epochs=30)
+    first = start(f"paths.out={out}")
     run_id = first.wait_for_epoch(rows)
+    first.pause()
 
-    second = start(f"paths.out={out}", "seed=7", epochs=30)  # other settings, same folder
+    second = start(f"paths.out={out}", "seed=7")  # other settings, same folder
     assert second.finish(timeout=300) == 2
     said = [line for line in second.stderr.splitlines() if line.startswith("train:")]
     assert len(said) == 1 and said[0].startswith("train: error: paths.out="), said
@@ -157,10 +192,10 @@ def test_a_live_runs_explicit_output_folder_is_refused_then_resumed_once_it_is_d
     experiment = client.get_experiment_by_name("fashion-mnist")
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
 
-    first.proc.send_signal(signal.SIGTERM)
+    first.interrupt(signal.SIGTERM)
     assert first.finish(timeout=120) == 128 + signal.SIGTERM
-    again = start(f"paths.out={out}", epochs=30)
+    again = start(f"paths.out={out}")
     assert again.finish() == 0, again.stderr[-2000:]
     assert f"resuming run {run_id}" in again.stderr
-    assert_one_writer_per_run(client, run_id, 30)
+    assert_one_writer_per_run(client, run_id, EPOCHS)
     assert (out / "models" / "model.keras").is_file()
