@@ -52,3 +52,29 @@ def test_eight_processes_and_batches_lose_no_metric(tmp_path):
         assert sorted(m.step for m in client.get_metric_history(run_id, f"b{i}")) == list(
             range(2000)
         )
+
+
+def store_opener(uri: str, barrier) -> None:
+    _as_outside_pytest()
+    from omegaconf import OmegaConf
+
+    from fmnist_mlops import tracking
+
+    cfg = OmegaConf.create({"mlflow": {"tracking_uri": uri, "experiment": "fresh"}})
+    barrier.wait(timeout=120)
+    tracking.setup(cfg)
+
+
+def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
+    # Two queued experiments or two workers on a fresh clone: each opening creates the tables
+    # and runs MLflow's migrations, which fail when two do it at the same moment.
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=store_opener, args=(uri, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert len(MlflowClient(uri).search_experiments(filter_string="name = 'fresh'")) == 1

@@ -1,4 +1,4 @@
-"""Where things live, and the one way files are written: names, roots, atomic writers.
+"""Where things live, and the one way files are written: names, roots, atomic writers, locks.
 
 A leaf: imports nothing of the project, so every layer may use it.
 """
@@ -6,6 +6,7 @@ A leaf: imports nothing of the project, so every layer may use it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -98,3 +99,18 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
     write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """The one inter-process lock of this host: an exclusive ``flock`` on ``path``.
+
+    The kernel drops it when the holder dies, so a killed process never leaves it stuck.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

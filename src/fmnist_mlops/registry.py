@@ -7,7 +7,6 @@ trained on other data is never trusted on a number it logged back then.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from fmnist_mlops.paths import (
     METRICS_JSON,
     PROMOTION_JSON,
     RUN_FILE,
+    file_lock,
     store_root,
     write_json,
 )
@@ -86,14 +86,8 @@ def registry_lock(
     if lock_url:
         yield from _pg_lock(name, lock_url, setting)
         return
-    folder = store_root() / ".locks"
-    folder.mkdir(exist_ok=True)
-    with open(folder / f"registry-{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(store_root() / ".locks" / f"registry-{name}.lock"):
+        yield
 
 
 def _pg_lock(name: str, url: str, setting: str) -> Iterator[None]:

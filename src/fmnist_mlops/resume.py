@@ -13,7 +13,6 @@ interrupted run with those settings whose owner is gone, and never touches a liv
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.paths import sqlite_dir, store_root, write_json
+from fmnist_mlops.paths import file_lock, sqlite_dir, store_root, write_json
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +114,8 @@ def _write_claim(
 
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".claims.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(root / ".claims.lock"):
+        yield
 
 
 def claim(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.config import flatten
-from fmnist_mlops.paths import project_root, sqlite_dir, store_root
+from fmnist_mlops.paths import file_lock, project_root, sqlite_dir, store_root
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,22 @@ def connect(uri: str) -> None:
         mlflow.set_registry_uri(uri)
 
 
+@contextlib.contextmanager
+def _first_open_lock(uri: str) -> Iterator[None]:
+    """Serialise the first opening of an SQLite store by the processes of this host.
+
+    Opening creates the tables and runs MLflow's migrations; two processes doing it at once
+    (two queued experiments, two workers on a fresh clone) make one fail with "Online
+    migration expected to match one row". Other stores are created by their server.
+    """
+    folder = sqlite_dir(uri)
+    if folder is None:
+        yield
+        return
+    with file_lock(folder / ".locks" / f"{Path(uri).name}.open.lock"):
+        yield
+
+
 def setup(cfg: DictConfig) -> str:
     """Point MLflow at the store and make sure the experiment exists.
 
@@ -116,7 +134,8 @@ def setup(cfg: DictConfig) -> str:
     connect(uri)
     name = cfg.mlflow.experiment
     try:
-        experiment = mlflow.get_experiment_by_name(name)
+        with _first_open_lock(uri):
+            experiment = mlflow.get_experiment_by_name(name)
     except Exception as exc:  # SQLAlchemy or MLflow errors: a store that cannot be opened
         from fmnist_mlops.errors import ConfigError
 
