@@ -16,11 +16,13 @@ STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 PORT ?= 5001
 UI_PORT ?= 5000
+# Workers of `make train-workers`.
+N ?= 2
 # The registered model to serve: models:/<registry.model_name>@<registry.alias> from conf/.
 MODEL_URI = $(shell $(BIN)/python -c 'from fmnist_mlops.config import champion_uri; print(champion_uri())')
 
 .DEFAULT_GOAL := help
-.PHONY: help python-check install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean
+.PHONY: help python-check install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean train-workers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -84,6 +86,9 @@ ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:UI_PORT (defaul
 
 bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
+
+train-workers: $(STAMP) data ## One training over N local worker processes (N=2 ARGS="+experiment=smoke"); worker 0 tracks it
+	$(BIN)/python -m fmnist_mlops.launch -n $(N) -- $(ARGS)
 
 tune: $(STAMP) data ## Optuna study (resumes; ARGS="tune.n_trials=20 tune.timeout_s=1800"), best trial -> promotion rule
 	$(BIN)/python src/tune.py $(ARGS)

@@ -175,7 +175,7 @@ def fail(stage: str, exc: BaseException) -> int:
     """
     if isinstance(exc, Interrupted):
         print(f"{stage}: {exc}; nothing was registered", file=sys.stderr)
-        return 128 + exc.signum
+        return exc.exit_code
     if isinstance(exc, ModuleNotFoundError) and exc.name in ("tensorflow", "keras"):
         print(f"{stage}: error: {MISSING_TF}", file=sys.stderr)
         return 2

@@ -7,16 +7,34 @@
   On a host without GPUs it mirrors over ``train.cpu_replicas`` logical CPU devices, which is
   how the path is tested on a CPU machine (it is not faster there: the replicas share cores).
 - ``multi_worker``: ``MultiWorkerMirroredStrategy`` across hosts, each reading its role from
-  ``TF_CONFIG`` (see README, "Distributed training").
+  ``TF_CONFIG`` (:mod:`cluster`). Collectives time out after :data:`PEER_TIMEOUT` seconds, so
+  the workers of a training that lost one end instead of waiting forever.
 
 ``train.batch_size`` stays the global batch: Keras splits each batch across the replicas.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import numpy as np
 import tensorflow as tf
 
+from fmnist_mlops.errors import PeerLost
 from fmnist_mlops.schema import STRATEGIES
+
+# Seconds a collective waits for a peer. A step here takes milliseconds; a dead peer must end
+# the others well within two minutes (TensorFlow's own health check adds up to ~40 s).
+PEER_TIMEOUT = 30.0
+# What a collective raises when a peer is gone (killed, unreachable, its process ended).
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
 
 
 def _split_cpu(replicas: int) -> list[str]:
@@ -37,7 +55,11 @@ def _split_cpu(replicas: int) -> list[str]:
 
 
 def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
-    """The strategy for ``train.distribute`` (see the module docstring)."""
+    """The strategy for ``train.distribute`` (see the module docstring).
+
+    The multi-worker strategy is made once per process (TensorFlow allows one, made before
+    other work): every later call returns that same object.
+    """
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -45,5 +67,95 @@ def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy(devices=_split_cpu(cpu_replicas))
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker()
     raise ValueError(f"train.distribute={name!r}: use one of {STRATEGIES}")
+
+
+@functools.cache
+def _multi_worker() -> tf.distribute.Strategy:
+    _fix_keras_for_multi_worker()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=PEER_TIMEOUT)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` spans worker processes."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def broadcast_text(
+    strategy: tf.distribute.Strategy, text: str | None, size: int = 4096
+) -> str | None:
+    """The chief's ``text`` on every worker (what the others pass is ignored).
+
+    An all-reduce sum in which only the first replica (on the chief) contributes its bytes.
+    """
+    data = np.zeros(size, np.int32)
+    if text:
+        raw = text.encode()
+        if len(raw) >= size:
+            raise ValueError(f"{len(raw)} bytes to broadcast; at most {size - 1}")
+        data[: len(raw)] = np.frombuffer(raw, np.uint8)
+
+    @tf.function
+    def share() -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        mine = tf.where(ctx.replica_id_in_sync_group == 0, tf.constant(data), 0)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, mine)
+
+    with peers_guarded():
+        shared = strategy.experimental_local_results(strategy.run(share))[0].numpy()
+    return bytes(shared[shared > 0].astype(np.uint8)).decode() or None
+
+
+@contextlib.contextmanager
+def peers_guarded() -> Iterator[None]:
+    """Turn a collective's "peer gone" error into :class:`PeerLost` (a resumable interruption)."""
+    try:
+        yield
+    except _PEER_ERRORS as exc:
+        # TensorFlow's message starts with "Graph execution error:"; the cause is further on.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = next((line for line in lines if "peer" in line or "task" in line), "")
+        raise PeerLost(f"{type(exc).__name__}{': ' + cause[:160] if cause else ''}") from None
+
+
+def _fix_keras_for_multi_worker() -> None:
+    """Two Keras 3 bugs that make ``fit`` fail under ``MultiWorkerMirroredStrategy``.
+
+    keras-team/keras#20585 (open): before the first step ``fit`` takes one batch for a
+    symbolic build and averages it across workers, and after every step it averages the
+    scalar logs over ``axis=0``; under a multi-worker strategy both raise ("unsupported type
+    PerReplica", "Invalid reduction dimension 0"). Here the build uses this worker's share of
+    the batch (only shapes matter) and scalars are averaged over the workers as they are.
+    Applied only when a multi-worker strategy is made; other strategies never see it.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_fmnist_multi_worker_fix", False):
+        return
+    reduce_per_replica = trainer.reduce_per_replica
+    symbolic_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def reduce_scalars_over_workers(values, strategy, reduction="auto"):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        if iterator is not None and is_multi_worker(self.distribute_strategy):
+            local = self.distribute_strategy.experimental_local_results
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tree.map_structure(
+                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                    batch,
+                )
+                break
+            iterator = None
+        return symbolic_build(self, iterator=iterator, data_batch=data_batch)
+
+    trainer.reduce_per_replica = reduce_scalars_over_workers
+    trainer.TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
+    trainer._fmnist_multi_worker_fix = True

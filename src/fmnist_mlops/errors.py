@@ -28,7 +28,19 @@ class Interrupted(BaseException):  # noqa: N818  (a signal, like KeyboardInterru
         import signal
 
         self.signum = signum
+        self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class PeerLost(Interrupted):
+    """A multi-worker training lost a worker: interrupted like a signal, and as resumable."""
+
+    def __init__(self, why: str) -> None:
+        import signal
+
+        super().__init__(signal.SIGTERM)
+        self.exit_code = 75  # EX_TEMPFAIL: the same command resumes it
+        self.args = (f"a peer worker was lost ({why})",)
 
 
 # The signals an entry point's handler received, in order of arrival. The handler raises

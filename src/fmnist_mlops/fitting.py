@@ -6,6 +6,7 @@ Core, not orchestration: no MLflow, no claims, no run records. The ``train`` sta
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -21,7 +22,7 @@ from fmnist_mlops import augment, feed, platforms, resume
 from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.data import Splits
-from fmnist_mlops.distribute import make_strategy
+from fmnist_mlops.distribute import make_strategy, peers_guarded
 from fmnist_mlops.errors import raise_if_interrupted
 from fmnist_mlops.model import build_model, compile_model, steps_per_execution
 from fmnist_mlops.paths import MODEL_FILE
@@ -41,6 +42,14 @@ def keras_verbosity(verbose: str | int) -> int:
     if verbose == "auto":
         return 1 if sys.stdout.isatty() else 2
     return int(verbose)
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """SHA-256 over the model's weights, in order: equal on every worker of one training."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
@@ -91,7 +100,8 @@ def fit(
         train_cfg, staging, restored, best_weights, backup, past, extra_callbacks
     )
     try:
-        history = _run_epochs(model, train_cfg, seed, splits, steps, chain.callbacks, restored)
+        with peers_guarded():
+            history = _run_epochs(model, train_cfg, seed, splits, steps, chain.callbacks, restored)
         raise_if_interrupted()
         if restored is not None and restored.stopped:
             model.set_weights(best_weights)

@@ -279,12 +279,16 @@ def set_rng_state(model: Any, state: list[list[int]]) -> None:
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-def load(folder: Path, expected_hash: str) -> ResumeState | None:
+def load(folder: Path, expected_hash: str, discard: bool = True) -> ResumeState | None:
     """Return the backup in ``folder`` if it is intact and made for ``expected_hash``.
 
     A backup for other settings, or one whose files are missing or do not match the
     checksums recorded with it, is reported and deleted: training then starts afresh.
+    With ``discard=False`` (a worker reading the chief's backup) nothing is deleted: such a
+    backup raises :class:`ConfigError` instead.
     """
+    if not discard:
+        return _read_only_load(folder, expected_hash)
     state_path = folder / STATE_FILE
     if not state_path.exists():
         if folder.exists():
@@ -304,6 +308,22 @@ def load(folder: Path, expected_hash: str) -> ResumeState | None:
             return _discard(
                 folder, f"{role} model {name} is missing or corrupt (checksum mismatch)"
             )
+    return state
+
+
+def _read_only_load(folder: Path, expected_hash: str) -> ResumeState:
+    try:
+        state = ResumeState(folder=folder, **json.loads((folder / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"the chief resumes from {folder}, which this worker cannot read "
+            f"({type(exc).__name__}): the backups must be on storage every worker shares"
+        ) from None
+    if state.hash != expected_hash:
+        raise ConfigError(
+            f"the chief resumes {folder} (settings {state.hash}), but this worker's settings "
+            f"are {expected_hash}: start every worker with the same arguments"
+        )
     return state
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -15,12 +16,12 @@ import mlflow
 from omegaconf import DictConfig
 
 from fmnist_mlops import callbacks as callbacks_lib
-from fmnist_mlops import nesting, resume, tracking
+from fmnist_mlops import cluster, nesting, resume, tracking
 from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import stage_split
 from fmnist_mlops.errors import Interrupted, TrainingDiverged
-from fmnist_mlops.fitting import fit
+from fmnist_mlops.fitting import fit, weights_sha256
 from fmnist_mlops.folders import writable_dir
 from fmnist_mlops.model_logging import log_served_model
 from fmnist_mlops.paths import (
@@ -67,8 +68,11 @@ def train(
         ``val_accuracy``, plus ``out_dir``.
     """
     config = validate(cfg)
+    role = cluster.role(config.train.distribute)
     paths = config.paths
     prepared, splits = stage_split(config)
+    if not role.chief:
+        return _peer_training(cfg, config, splits, role)
     # An output folder that cannot work is refused before any run exists.
     if paths.out is None:
         writable_dir("paths.scratch", scratch_root(paths.scratch))
@@ -86,6 +90,8 @@ def train(
         tracking.run_exists,
     )
     try:
+        _share_backup(config, restored)
+        tags = {**(tags or {}), "distribute.workers": str(role.workers)}
         return _claimed_training(
             cfg, config, splits, prepared, folder, restored, cfg_hash, tags, callbacks
         )
@@ -117,6 +123,7 @@ def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash,
         mlflow.set_tags(
             {
                 **tracking.run_tags("train"),
+                **(tags or {}),
                 "resumed_after_epoch": str(restored.epoch),
                 "out_dir": str(out),
             }
@@ -150,6 +157,44 @@ def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash,
         summary["val_accuracy"],
     )
     return {**record, "out_dir": str(out)}
+
+
+def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | None:
+    """Multi-worker: tell every worker which backup the chief resumes (None: a new run)."""
+    if config.train.distribute != "multi_worker":
+        return None
+    from fmnist_mlops.distribute import broadcast_text, make_strategy
+
+    # Joins the cluster (blocks until every worker is up), once per process.
+    strategy = make_strategy("multi_worker")
+    return broadcast_text(strategy, str(restored.folder) if restored is not None else None)
+
+
+def _peer_training(cfg, config: Config, splits, role: cluster.Role) -> dict[str, Any]:
+    """A non-chief worker: the same fit, in step with the chief, writing nothing shared.
+
+    No MLflow, no claim or backup, nothing under ``paths.out``: its checkpoint goes to a
+    temporary folder (TensorFlow's convention), deleted at the end. A resumed training
+    continues from the backup the chief named, read and never changed.
+    """
+    log.info(
+        "train: worker %d of %d (not the chief): nothing shared written", role.index, role.workers
+    )
+    folder = _share_backup(config, None)
+    restored = None
+    if folder is not None:
+        restored = resume.load(Path(folder), resume.config_hash(cfg, splits.meta), discard=False)
+    with tempfile.TemporaryDirectory(prefix=f"fmnist-worker{role.index}-") as tmp:
+        model, hist, best_epoch = fit(
+            config.train, config.model, config.seed, splits, Path(tmp), restored=restored
+        )
+    return {
+        "worker": role.index,
+        "best_epoch": best_epoch,
+        "epochs_trained": len(hist["loss"]),
+        "val_accuracy": hist["val_accuracy"][best_epoch],
+        "weights_sha256": weights_sha256(model),
+    }
 
 
 def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
@@ -197,7 +242,7 @@ def _tracked_training(cfg, config, splits, prepared, out, run, spec, restored, c
 
 def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=()):
     started = time.perf_counter()
-    _, hist, best_epoch = fit(
+    model, hist, best_epoch = fit(
         config.train,
         config.model,
         config.seed,
@@ -215,6 +260,7 @@ def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=
         "val_loss": hist["val_loss"][best_epoch],
         "val_accuracy": hist["val_accuracy"][best_epoch],
         "fit_seconds": round(fit_seconds, 2),
+        "weights_sha256": weights_sha256(model),
     }
     mlflow.log_metrics(
         {
