@@ -247,3 +247,30 @@ def test_a_killed_worker_ends_every_process_and_the_same_command_resumes(
     outs = results((tmp_path / "again.out").read_text(), said)
     assert len(outs) == 2 and outs[0]["weights_sha256"] == outs[1]["weights_sha256"]
     assert len(client.search_runs([run.info.experiment_id])) == 1, "no second run"
+
+
+@pytest.mark.slow
+def test_a_chief_that_stops_on_bad_input_does_not_leave_the_other_worker_waiting(
+    tmp_path, smoke_prepared, project_root, subprocess_env
+):
+    unreachable = "mlflow.tracking_uri=postgresql://nobody@127.0.0.1:1/none"  # nothing listens
+    args = smoke_args(tmp_path, smoke_prepared, "train.distribute=multi_worker", unreachable)
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "src/train.py", *args],
+            cwd=project_root,
+            env={**subprocess_env, "TF_CONFIG": tf_config},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tf_config in tf_configs(hosts)
+    ]
+    (_, chief_err), (_, peer_err) = (p.communicate(timeout=300) for p in procs)
+    assert procs[0].returncode == 2, chief_err[-2000:]
+    assert "cannot be reached" in chief_err
+    assert procs[1].returncode == 75, peer_err[-2000:]
+    assert "a peer worker was lost" in peer_err
+    assert time.monotonic() - started < 180

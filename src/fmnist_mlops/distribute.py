@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -114,10 +115,11 @@ def peers_guarded() -> Iterator[None]:
     try:
         yield
     except _PEER_ERRORS as exc:
-        # TensorFlow's message starts with "Graph execution error:"; the cause is further on.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        cause = next((line for line in lines if "peer" in line or "task" in line), "")
-        raise PeerLost(f"{type(exc).__name__}{': ' + cause[:160] if cause else ''}") from None
+        # TensorFlow's message starts with "Graph execution error:" and a traceback; gRPC's
+        # own words ("Socket closed", "Connection reset by peer") say what happened.
+        found = re.search(r'grpc_message:"([^"]+)"', str(exc))
+        cause = f": {found.group(1)[:160]}" if found else ""
+        raise PeerLost(f"{type(exc).__name__}{cause}") from None
 
 
 def _fix_keras_for_multi_worker() -> None:

@@ -71,6 +71,7 @@ def train(
     role = cluster.role(config.train.distribute)
     paths = config.paths
     prepared, splits = stage_split(config)
+    _join_cluster(config)
     if not role.chief:
         return _peer_training(cfg, config, splits, role)
     # An output folder that cannot work is refused before any run exists.
@@ -159,13 +160,24 @@ def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash,
     return {**record, "out_dir": str(out)}
 
 
+def _join_cluster(config: Config) -> None:
+    """Multi-worker: wait until every worker is up, before anything that may fail alone.
+
+    From here on, a chief that stops (a refused ``paths.out``, a store it cannot open) ends
+    the others within the collective timeout instead of leaving them waiting to connect.
+    """
+    if config.train.distribute == "multi_worker":
+        from fmnist_mlops.distribute import make_strategy
+
+        make_strategy("multi_worker")  # made once per process; fit reuses it
+
+
 def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | None:
     """Multi-worker: tell every worker which backup the chief resumes (None: a new run)."""
     if config.train.distribute != "multi_worker":
         return None
     from fmnist_mlops.distribute import broadcast_text, make_strategy
 
-    # Joins the cluster (blocks until every worker is up), once per process.
     strategy = make_strategy("multi_worker")
     return broadcast_text(strategy, str(restored.folder) if restored is not None else None)
 
