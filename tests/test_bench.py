@@ -6,7 +6,7 @@ import re
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 SEED_TEXT = ROOT / "benchmarks" / "seed_tutorial.md"  # the tutorial, as received

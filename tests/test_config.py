@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, venv_env
+from helpers import ROOT, venv_env
 from omegaconf import OmegaConf
 
 from fmnist_mlops.config import compose, flatten, params_yaml, validate

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, require_real_data, venv_env
+from helpers import ROOT, free_port, require_real_data, venv_env
 from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config import compose

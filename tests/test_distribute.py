@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, venv_env
+from helpers import ROOT, venv_env
 from mlflow.tracking import MlflowClient
 
 

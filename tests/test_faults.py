@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT, smoke_config, venv_env
+from helpers import ROOT, smoke_config, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import errors, tracking

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from omegaconf import OmegaConf
 
 from fmnist_mlops.config import compose, validate

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import copy_project, free_port, http_process, require_real_data, venv_env
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

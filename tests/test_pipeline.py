@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project, require_real_data, venv_env
+from helpers import ROOT, copy_project, require_real_data, venv_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow

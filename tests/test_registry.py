@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import smoke_config
+from helpers import smoke_config
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
@@ -107,7 +107,7 @@ def start_register(cfg, prepared, uri, lock_url=None):
     import subprocess
     import sys
 
-    from conftest import ROOT, venv_env
+    from helpers import ROOT, venv_env
 
     cmd = [
         sys.executable,

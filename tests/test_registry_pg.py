@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 from test_registry import pipeline, race_promotions, start_register

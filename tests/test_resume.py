@@ -13,7 +13,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, smoke_config, venv_env
+from helpers import ROOT, smoke_config, venv_env
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 from test_faults import start_training

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, http_process, smoke_config, venv_env
+from helpers import ROOT, free_port, http_process, smoke_config, venv_env
 from omegaconf import open_dict
 from PIL import Image
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import copy_project, free_port, http_process, require_real_data, venv_env
 
 from fmnist_mlops.tracking_server import backend_store_uri, server_command
 

@@ -9,7 +9,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import smoke_config
+from helpers import smoke_config
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config import validate

@@ -11,7 +11,7 @@ import uuid
 
 import optuna
 import pytest
-from conftest import ROOT, read_only_rows, venv_env
+from helpers import ROOT, read_only_rows, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import tracking

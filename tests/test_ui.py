@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 from PIL import Image
 
 from fmnist_mlops.evaluation import evaluate
