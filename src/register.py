@@ -16,14 +16,14 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 def stage(cfg: DictConfig):
     """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
-    from fmnist_mlops.registry import promote
+    from fmnist_mlops.promotion import promote
 
     return promote(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.registry.promote` with the composed config."""
+    """Run :func:`fmnist_mlops.promotion.promote` with the composed config."""
     run("register", stage, cfg)
 
 

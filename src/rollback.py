@@ -12,14 +12,14 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 def stage(cfg: DictConfig):
     """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
-    from fmnist_mlops.registry import rollback
+    from fmnist_mlops.promotion import rollback
 
     return rollback(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.registry.rollback` with the composed config."""
+    """Run :func:`fmnist_mlops.promotion.rollback` with the composed config."""
     run("rollback", stage, cfg)
 
 

@@ -12,7 +12,7 @@ from test_registry import pipeline
 
 from fmnist_mlops import owner
 from fmnist_mlops.housekeeping import clean_runs
-from fmnist_mlops.registry import promote
+from fmnist_mlops.promotion import promote
 from fmnist_mlops.resume import CLAIM_FILE
 
 

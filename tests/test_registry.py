@@ -15,7 +15,8 @@ from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import PROMOTION_JSON
-from fmnist_mlops.registry import decide, promote, rollback
+from fmnist_mlops.promotion import promote, rollback
+from fmnist_mlops.registry import decide
 from fmnist_mlops.scoring import assess, load_network
 from fmnist_mlops.training import train
 

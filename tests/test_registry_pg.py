@@ -11,7 +11,8 @@ from omegaconf import open_dict
 from test_registry import pipeline, race_promotions, start_register
 
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.registry import promote, registry_lock
+from fmnist_mlops.promotion import promote
+from fmnist_mlops.registry import registry_lock
 
 
 def test_advisory_lock_holds_back_a_promotion_until_released(tmp_path, smoke_prepared, postgres):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.evaluation import evaluate
-from fmnist_mlops.registry import promote
+from fmnist_mlops.promotion import promote
 from fmnist_mlops.reporting import build_report
 from fmnist_mlops.training import train
 

@@ -24,7 +24,7 @@ from fmnist_mlops.data import load_prepared
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import PREDICTIONS_CSV
 from fmnist_mlops.prediction import to_fashion_mnist
-from fmnist_mlops.registry import promote
+from fmnist_mlops.promotion import promote
 from fmnist_mlops.training import train
 
 MODEL_URI = "models:/fashion-mnist-cnn@champion"

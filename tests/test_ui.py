@@ -8,7 +8,7 @@ from helpers import ROOT, free_port
 from PIL import Image
 
 from fmnist_mlops.evaluation import evaluate
-from fmnist_mlops.registry import promote
+from fmnist_mlops.promotion import promote
 from fmnist_mlops.training import train
 
 sys.path.insert(0, str(ROOT / "tools"))

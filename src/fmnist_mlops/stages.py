@@ -16,7 +16,7 @@ from fmnist_mlops.config import validate
 from fmnist_mlops.data import stage_split
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.evaluation import evaluate_into
-from fmnist_mlops.registry import promote
+from fmnist_mlops.promotion import promote
 
 
 def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
