@@ -63,7 +63,7 @@ def read_only_rows_fn():
 def smoke_prepared(tmp_path_factory) -> Path:
     """The smoke split of the real data, prepared once per session."""
     require_real_data()
-    from fmnist_mlops.data import prepare
+    from fmnist_mlops.preparation import prepare
 
     folder = tmp_path_factory.mktemp("smoke-data") / "prepared"
     cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")

@@ -27,10 +27,10 @@ from fmnist_mlops.data import (
     IdxSpec,
     load_prepared,
     locate,
-    prepare,
     read_idx,
 )
 from fmnist_mlops.errors import DataError
+from fmnist_mlops.preparation import prepare
 
 
 def idx_bytes(magic: int, count: int, payload: bytes, dims=(28, 28)) -> bytes:

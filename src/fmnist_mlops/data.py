@@ -24,7 +24,6 @@ import numpy as np
 from tqdm import tqdm
 
 from fmnist_mlops.errors import DataError
-from fmnist_mlops.folders import writable_dir
 from fmnist_mlops.paths import resolve
 from fmnist_mlops.schema import NUM_CLASSES, Config, DataCfg
 
@@ -369,32 +368,3 @@ def stage_split(config: Config) -> tuple[Path, Splits]:
     splits = load_prepared(prepared)
     check_split(config.data, splits.meta, prepared)
     return prepared, splits
-
-
-def prepare(cfg: Any) -> dict[str, Any]:
-    """Locate, verify, split and write the data (the ``prepare`` stage).
-
-    Returns:
-        The metadata written to ``meta.json``: source, hashes, counts and split settings.
-    """
-    from fmnist_mlops.config import validate
-
-    config = validate(cfg)
-    source, files = locate(config.data)
-    log.info("prepare: reading IDX files from %s", source)
-    arrays, hashes = load_raw(files)
-    splits = split(arrays, config.data)
-    meta = {
-        "source": source,
-        "sha256": hashes,
-        "counts": {name: int(len(y)) for name, (_, y) in splits.items()},
-        "class_counts": {
-            name: np.bincount(y, minlength=NUM_CLASSES).tolist() for name, (_, y) in splits.items()
-        },
-        **split_settings(config.data),
-    }
-    out = resolve(config.paths.prepared)
-    writable_dir("paths.prepared", out.parent)
-    write_prepared(out, splits, meta)
-    log.info("prepare: wrote %s %s", out, meta["counts"])
-    return meta
