@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # several real training processes at once
 
-EPOCHS = 20
+EPOCHS = 10
 
 
 class Training:
