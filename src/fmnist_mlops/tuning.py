@@ -32,6 +32,7 @@ from fmnist_mlops.config import compose, validate
 from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.paths import sqlite_dir, store_root
 from fmnist_mlops.registry import registry_lock
+from fmnist_mlops.schema import TuneCfg
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class TuningFailed(ProjectError):
     """No trial of the study completed."""
 
 
-def storage_url(tune_cfg: Any, base: DictConfig) -> str:
+def storage_url(tune_cfg: TuneCfg, base: DictConfig) -> str:
     """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
     if tune_cfg.storage:
         return tracking.sqlalchemy_url(str(tune_cfg.storage))
@@ -59,18 +60,23 @@ def _override_value(value: Any) -> str:
     return str(value).replace(" ", "")
 
 
-def validate_tune(tune_cfg: Any) -> None:
-    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error."""
+def validate_tune(tune_cfg: Any) -> TuneCfg:
+    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error.
+
+    Returns:
+        The typed ``tune`` config the tuner reads from then on.
+    """
     from pydantic import ValidationError
 
     from fmnist_mlops.schema import TuneConfig, first_error
 
     data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
     try:
-        TuneConfig.model_validate(data)
+        typed = TuneConfig.model_validate(data).tune
     except ValidationError as exc:
         raise ConfigError(first_error(data, exc, TuneConfig)) from None
-    check_space(tune_cfg.space)
+    check_space(typed.space)
+    return typed
 
 
 def check_space(space: Any) -> None:
@@ -98,17 +104,18 @@ def sample(trial: optuna.Trial, space: Any) -> list[str]:
     """Draw one point of ``tune.space``; return it as Hydra overrides, in the space's order."""
     overrides = []
     for key, spec in space.items():
-        if spec.type == "categorical":
+        if spec["type"] == "categorical":
             # Optuna stores str/int/float/bool; lists (e.g. filters) travel as override text.
             choices = [
                 c if isinstance(c, bool | int | float | str) else _override_value(c)
-                for c in spec.choices
+                for c in spec["choices"]
             ]
             value = trial.suggest_categorical(key, choices)
-        elif spec.type == "float":
-            value = trial.suggest_float(key, spec.low, spec.high, log=bool(spec.get("log")))
+        elif spec["type"] == "float":
+            log = bool(spec.get("log"))
+            value = trial.suggest_float(key, spec["low"], spec["high"], log=log)
         else:
-            value = trial.suggest_int(key, spec.low, spec.high, log=bool(spec.get("log")))
+            value = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
         overrides.append(f"{key}={_override_value(value)}")
     return overrides
 
@@ -132,7 +139,7 @@ class OptunaPruning(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
+def _open_study(tune_cfg: TuneCfg, base: DictConfig, url: str) -> optuna.Study:
     direction = "maximize" if base.registry.mode == "max" else "minimize"
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=tune_cfg.pruner.n_startup_trials,
@@ -166,7 +173,7 @@ def _open_study(tune_cfg: Any, base: DictConfig, url: str) -> optuna.Study:
 
 
 def _get_or_create_parent(
-    study: optuna.Study, base: DictConfig, tune_cfg: Any, url: str, experiment_id: str
+    study: optuna.Study, base: DictConfig, tune_cfg: TuneCfg, url: str, experiment_id: str
 ) -> str:
     """The study's MLflow parent run: created with the study, reopened when it resumes."""
     client = MlflowClient()
@@ -186,7 +193,7 @@ def _get_or_create_parent(
         "storage": tracking.hide_password(url),
         "direction": study.direction.name.lower(),
         "metric": base.registry.metric,
-        "space": json.dumps(OmegaConf.to_container(tune_cfg.space)),
+        "space": json.dumps(tune_cfg.space),
     }.items():
         client.log_param(parent, f"tune.{key}", value)
     study.set_user_attr(PARENT_ATTR, parent)
@@ -251,8 +258,7 @@ def tune(
     Returns:
         Counts of trials, the best trial, its MLflow run and the registry decision.
     """
-    tune_cfg = cfg.tune
-    validate_tune(tune_cfg)
+    tune_cfg = validate_tune(cfg.tune)
     # Each trial loads its logged model once to check it; TF calls that "retracing".
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     base_overrides = [o for o in overrides if not o.lstrip("+~").startswith("tune")]
@@ -326,7 +332,7 @@ def _run_trials(study, tune_cfg, base_overrides, parent, metric, train) -> None:
 
 def _run_trial(
     study: optuna.Study,
-    tune_cfg: Any,
+    tune_cfg: TuneCfg,
     base_overrides: list[str],
     parent: str,
     metric: str,
@@ -345,7 +351,7 @@ def _run_trial(
 def _train_trial(
     study: optuna.Study,
     trial: optuna.Trial,
-    tune_cfg: Any,
+    tune_cfg: TuneCfg,
     base_overrides: list[str],
     parent: str,
     metric: str,
