@@ -274,3 +274,17 @@ def test_a_chief_that_stops_on_bad_input_does_not_leave_the_other_worker_waiting
     assert procs[1].returncode == 75, peer_err[-2000:]
     assert "a peer worker was lost" in peer_err
     assert time.monotonic() - started < 180
+
+
+def test_make_train_workers_runs_the_launcher_with_n_and_args(project_root, subprocess_env):
+    result = subprocess.run(
+        ["make", "-n", "train-workers", "N=3", "ARGS=+experiment=smoke seed=4"],
+        cwd=project_root,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.endswith("python -m fmnist_mlops.launch -n 3 -- +experiment=smoke seed=4"), last
