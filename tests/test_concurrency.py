@@ -10,7 +10,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-STEPS = 1000  # per writer: 10 writers contend for the database lock thousands of times
+STEPS = 500  # per writer: 10 writers contend for the database lock thousands of times
 
 
 def _as_outside_pytest() -> None:

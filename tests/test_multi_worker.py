@@ -202,7 +202,7 @@ def test_a_killed_worker_ends_every_process_and_the_same_command_resumes(
     tmp_path, smoke_prepared, project_root, subprocess_env, read_only_rows_fn
 ):
     epochs = 5
-    extra = (f"train.epochs={epochs}", f"train.patience={epochs}", "train.batch_size=4")
+    extra = (f"train.epochs={epochs}", f"train.patience={epochs}", "train.batch_size=8")
     cmd = [sys.executable, "-m", "fmnist_mlops.launch", "-n", "2", "--"]
     cmd += smoke_args(tmp_path, smoke_prepared, *extra)
 

@@ -244,59 +244,6 @@ def wait_queue(project: Path, timeout: float) -> str:
     return status
 
 
-def test_queued_experiments_log_what_dvc_records_and_the_run_cache_adds_no_run(smoke_project):
-    project = smoke_project
-    before = {r.info.run_id for r in runs(project)}
-    for seed in (21, 22):
-        dvc(
-            project,
-            "exp",
-            "run",
-            "--queue",
-            "-n",
-            f"q-seed{seed}",
-            "-S",
-            "+experiment=smoke",
-            "-S",
-            f"seed={seed}",
-            "-S",
-            "train.lr=0.003",
-        )
-    run_queue(project, jobs=1)
-
-    baseline = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
-    recorded = _exp_show(project)
-    client = client_for(project)
-    new = {r.data.tags["dvc_exp_name"]: r for r in runs(project) if r.info.run_id not in before}
-    assert set(new) == {"q-seed21", "q-seed22"}
-    for name, run in new.items():
-        dvc_says = recorded[name]
-        assert run.data.tags["dvc_baseline"] == dvc_says["baseline"] == baseline
-        assert dvc_says["metrics"]["run_id"] == run.info.run_id
-        # The values MLflow logged are the values DVC recorded.
-        for key in ("test_accuracy", "test_loss", "epochs_trained"):
-            assert run.data.metrics[key] == pytest.approx(dvc_says["metrics"][key]), key
-        assert run.data.metrics["eval_val_accuracy"] == pytest.approx(
-            dvc_says["metrics"]["val_accuracy"]
-        )
-        for key in ("seed", "train.lr", "train.epochs", "model.filters", "data.max_train"):
-            section, _, leaf = key.rpartition(".")
-            value = dvc_says["params"][section][leaf] if section else dvc_says["params"][key]
-            assert run.data.params[key] == str(value), key
-        assert client.get_run(run.info.run_id).info.status == "FINISHED"
-
-    # Same params again: DVC restores every stage from its run cache; no new MLflow run, and
-    # reports/metrics.json still names the run that produced the result.
-    count = len(runs(project))
-    out = dvc(
-        project, "exp", "run", "-S", "+experiment=smoke", "-S", "seed=21", "-S", "train.lr=0.003"
-    ).stdout
-    assert "Stage 'train' is cached - skipping run" in out
-    assert len(runs(project)) == count
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["run_id"] == new["q-seed21"].info.run_id
-
-
 def test_best_experiment_reaches_the_code_through_dvc_exp_run(smoke_project):
     """`dvc exp run -S '+experiment=best'` (shrunk here to the smoke split and one epoch)."""
     project = smoke_project
@@ -371,15 +318,31 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
     victim.send_signal(signal.SIGINT)
     status = wait_queue(project, 900)
     assert status.count("Success") >= 3, status
+    baseline = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
+    recorded = _exp_show(project)
 
     new = {r.data.tags["dvc_exp_name"]: r for r in runs(project) if r.info.run_id not in before}
     assert sorted(new) == names, "each experiment's run recorded exactly once"
     assert new[names[0]].info.status == "KILLED"
     client = client_for(project)
     for name in names[1:]:
-        assert new[name].info.status == "FINISHED", name
-        steps = sorted(m.step for m in client.get_metric_history(new[name].info.run_id, "val_loss"))
+        run = new[name]
+        assert run.info.status == "FINISHED", name
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         assert steps == list(range(len(steps))), f"{name}: one writer, no repeated epoch"
+        # What MLflow logged is what DVC recorded for the experiment.
+        dvc_says = recorded[name]
+        assert run.data.tags["dvc_baseline"] == dvc_says["baseline"] == baseline
+        assert dvc_says["metrics"]["run_id"] == run.info.run_id
+        for key in ("test_accuracy", "test_loss", "epochs_trained"):
+            assert run.data.metrics[key] == pytest.approx(dvc_says["metrics"][key]), key
+        assert run.data.metrics["eval_val_accuracy"] == pytest.approx(
+            dvc_says["metrics"]["val_accuracy"]
+        )
+        for key in ("seed", "train.epochs", "model.filters", "data.max_train"):
+            section, _, leaf = key.rpartition(".")
+            value = dvc_says["params"][section][leaf] if section else dvc_says["params"][key]
+            assert run.data.params[key] == str(value), key
     killed = new[names[0]].info
     assert any(
         killed.start_time < new[n].info.end_time and new[n].info.start_time < killed.end_time
@@ -395,6 +358,19 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
     assert new[names[0]].info.run_id not in registered, "the interrupted run registered nothing"
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert champion.version in {v.version for v in versions}
+
+    # A finished experiment's params again: DVC restores every stage from its run cache; no new
+    # MLflow run, and reports/metrics.json still names the run that produced the result.
+    count = len(runs(project))
+    out = dvc(
+        project,
+        *("exp", "run", "-S", "+experiment=smoke", "-S", f"seed={names[1][-2:]}"),
+        *("-S", "train.epochs=6", "-S", "train.patience=6"),
+    ).stdout
+    assert "Stage 'train' is cached - skipping run" in out
+    assert len(runs(project)) == count
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert metrics["run_id"] == new[names[1]].info.run_id
 
 
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
