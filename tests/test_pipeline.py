@@ -234,13 +234,24 @@ def start_queue(project: Path, jobs: int) -> None:
 
 
 def wait_queue(project: Path, timeout: float) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; its last output."""
+    """Poll `dvc queue status` until nothing is queued or running; its last output.
+
+    Then stop the queue's workers and wait until none is left: an idle worker lingers and
+    would run whatever a later test queues (a test that queues an experiment and expects it to
+    stay queued saw it start).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = dvc(project, "queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
+    dvc(project, "queue", "stop")
+    stop_deadline = time.monotonic() + 120
+    while time.monotonic() < stop_deadline:
+        if "Worker status: 0 active, 0 idle" in dvc(project, "queue", "status").stdout:
+            break
+        time.sleep(1)
     return status
 
 

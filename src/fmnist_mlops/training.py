@@ -167,9 +167,10 @@ def _join_cluster(config: Config) -> None:
     the others within the collective timeout instead of leaving them waiting to connect.
     """
     if config.train.distribute == "multi_worker":
-        from fmnist_mlops.distribute import make_strategy
+        from fmnist_mlops.distribute import make_strategy, peers_guarded
 
-        make_strategy("multi_worker")  # made once per process; fit reuses it
+        with peers_guarded():  # a peer that stops while the others join is a lost peer too
+            make_strategy("multi_worker")  # made once per process; fit reuses it
 
 
 def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | None:
