@@ -36,6 +36,9 @@ _PEER_ERRORS = (
     tf.errors.CancelledError,
     tf.errors.AbortedError,
 )
+# Other error types carry the same news in their text (an aborted collective is sometimes an
+# InternalError, depending on which step noticed the peer was gone).
+_PEER_MARKS = ("Collective ops is aborted", "are unhealthy", "grpc_message", "coordination service")
 
 
 def _split_cpu(replicas: int) -> list[str]:
@@ -114,10 +117,13 @@ def peers_guarded() -> Iterator[None]:
     """Turn a collective's "peer gone" error into :class:`PeerLost` (a resumable interruption)."""
     try:
         yield
-    except _PEER_ERRORS as exc:
+    except tf.errors.OpError as exc:
+        text = str(exc)
+        if not isinstance(exc, _PEER_ERRORS) and not any(m in text for m in _PEER_MARKS):
+            raise
         # TensorFlow's message starts with "Graph execution error:" and a traceback; gRPC's
         # own words ("Socket closed", "Connection reset by peer") say what happened.
-        found = re.search(r'grpc_message:"([^"]+)"', str(exc))
+        found = re.search(r'grpc_message:"([^"]+)"', text)
         cause = f": {found.group(1)[:160]}" if found else ""
         raise PeerLost(f"{type(exc).__name__}{cause}") from None
 
