@@ -57,13 +57,12 @@ def test_eight_processes_and_batches_lose_no_metric(tmp_path):
 
 def store_opener(uri: str, barrier) -> None:
     _as_outside_pytest()
-    from omegaconf import OmegaConf
-
     from fmnist_mlops import tracking
+    from fmnist_mlops.schema import MlflowCfg
 
-    cfg = OmegaConf.create({"mlflow": {"tracking_uri": uri, "experiment": "fresh"}})
+    settings = MlflowCfg(tracking_uri=uri, experiment="fresh")
     barrier.wait(timeout=120)
-    tracking.setup(cfg)
+    tracking.setup(settings)
 
 
 def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):

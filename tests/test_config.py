@@ -14,8 +14,9 @@ import yaml
 from helpers import ROOT, venv_env
 from omegaconf import OmegaConf
 
-from fmnist_mlops.config import compose, flatten, params_yaml, validate
+from fmnist_mlops.config import compose, params_yaml, validate
 from fmnist_mlops.errors import ConfigError
+from fmnist_mlops.tracking import flatten
 
 
 def test_defaults_expose_the_documented_interface():

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from fmnist_mlops import nesting, sweep, tracking
+from fmnist_mlops.config import validate
 from fmnist_mlops.training import train
 
 SCRIPTS = "src"
@@ -117,7 +118,7 @@ def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
     smoke_cfg, tmp_path, monkeypatch
 ):
     base = adhoc_cfg(smoke_cfg, tmp_path)
-    experiment_id = tracking.setup(base)
+    experiment_id = tracking.setup(validate(base).mlflow)
     client = MlflowClient()
     parent = client.create_run(experiment_id, tags=tracking.run_tags("sweep")).info.run_id
     # What the sweep callback sets for each job (the real jobs run in this process).
@@ -131,7 +132,7 @@ def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
         monkeypatch.delenv(key)
     shutil.rmtree(tmp_path / "scratch")
 
-    summary = sweep.finish(base, parent)
+    summary = sweep.finish(validate(base), parent)
 
     best = max(children, key=lambda r: r["val_accuracy"])
     assert summary["best_run_id"] == best["run_id"] and summary["children_finished"] == 2

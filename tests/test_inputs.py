@@ -137,13 +137,13 @@ def test_an_explicit_tracking_uri_is_used_or_refused(tmp_path, monkeypatch):
         with open_dict(cfg):
             cfg.mlflow.tracking_uri = uri
         with pytest.raises(ConfigError, match=problem) as err:
-            tracking.setup(cfg)
+            tracking.setup(validate(cfg).mlflow)
         assert str(err.value).startswith("mlflow.tracking_uri=")
     with open_dict(cfg):
         cfg.mlflow.tracking_uri = None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI='foo://bar' has no supported"):
-        tracking.setup(cfg)
+        tracking.setup(validate(cfg).mlflow)
 
 
 def png_header_only(path, width: int, height: int):

@@ -1,10 +1,9 @@
-"""Compose, validate and flatten the Hydra config; generate ``params.yaml``."""
+"""Compose and validate the Hydra config; generate ``params.yaml``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,20 +49,6 @@ def champion_uri(overrides: Iterable[str] = ()) -> str:
 def params_yaml(overrides: Iterable[str] = (), config_dir: Path | None = None) -> str:
     """Return the text of ``params.yaml`` composed from ``conf/`` (byte-identical to DVC's)."""
     return OmegaConf.to_yaml(compose(overrides, config_dir))
-
-
-def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config to dotted keys (``{"model.filters": [32, 64], ...}``)."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -11,9 +11,9 @@ import keras
 import mlflow
 from omegaconf import DictConfig
 
-from fmnist_mlops import CLASS_NAMES, tracking
-from fmnist_mlops.config import validate
-from fmnist_mlops.data import Splits, stage_split
+from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.context import StageContext, open_stage
+from fmnist_mlops.data import Splits
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import (
     CONFUSION_PNG,
@@ -55,15 +55,15 @@ def _write_reports(out: Path, splits: Splits, test: Assessment) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the trained model on the val and test splits and log it to the train run.
 
-    See :func:`evaluate_into`, which also returns the folder the reports went to.
+    See :func:`evaluate_in`, which also returns the folder the reports went to.
 
     Returns:
         The metrics written to ``reports/metrics.json``.
     """
-    return evaluate_into(cfg)[0]
+    return evaluate_in(open_stage(cfg))[0]
 
 
-def evaluate_into(cfg: DictConfig, splits: Splits | None = None) -> tuple[dict[str, Any], Path]:
+def evaluate_in(ctx: StageContext) -> tuple[dict[str, Any], Path]:
     """Score the trained model on the val and test splits and log it to the train run.
 
     The model is ``models/model.keras`` in ``paths.out`` or, with ``run_id``, the run's logged
@@ -72,22 +72,19 @@ def evaluate_into(cfg: DictConfig, splits: Splits | None = None) -> tuple[dict[s
     scores, per-image test predictions, the confusion matrix and a misclassified grid.
 
     Args:
-        cfg: The composed config.
-        splits: The stage's split when the caller has loaded it already (``stage_split``).
+        ctx: The stage's context (:func:`~fmnist_mlops.context.open_stage`).
 
     Returns:
         The metrics written to ``reports/metrics.json``, and the folder holding the reports.
     """
-    config = validate(cfg)
-    paths, run_id = config.paths, config.run_id
+    paths, run_id = ctx.config.paths, ctx.config.run_id
     if not run_id:  # what train wrote, read before any heavy work
         out = stage_dir(paths.out, "evaluate")
         run_info = read_run(out)
-    if splits is None:
-        splits = stage_split(config)[1]
-    tracking.setup(cfg)
+    splits = ctx.splits
+    ctx.track()
     if run_id:  # nothing from a scratch folder: the run, its model and scores in MLflow
-        run_info = tracking.run_record(run_id, splits.meta)
+        run_info = ctx.named_run()
         model = load_network(run_info["model_uri"])
         out = out_dir(paths.out, "evaluate", paths.scratch)
         write_json(out / RUN_FILE, run_info)

@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
 
     parent, job = os.environ[PARENT_ENV], os.environ.get(JOB_ENV, "")
     try:
-        tracking.connect(tracking.tracking_uri(cfg))
+        # The config may be what failed validation: read the one key, unchecked.
+        tracking.connect(tracking.tracking_uri(OmegaConf.select(cfg, "mlflow.tracking_uri")))
         client = MlflowClient()
         experiment_id = client.get_run(parent).info.experiment_id
         existing = client.search_runs(

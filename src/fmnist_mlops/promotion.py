@@ -18,9 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from fmnist_mlops import tracking
-from fmnist_mlops.config import validate
-from fmnist_mlops.data import Splits, stage_split
+from fmnist_mlops.context import StageContext, open_stage
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import METRICS_JSON, PROMOTION_JSON, RUN_FILE, write_json
@@ -31,16 +29,27 @@ from fmnist_mlops.scratch import out_dir
 log = logging.getLogger(__name__)
 
 
-def promote(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
+def promote(cfg: DictConfig) -> dict[str, Any]:
     """Register the evaluated model and move the alias if the promotion rule says so.
 
-    Writes ``reports/promotion.json`` with the decision and both scores.
+    Writes ``reports/promotion.json`` with the decision and both scores (see
+    :func:`promote_in`).
+    """
+    return promote_in(open_stage(cfg))
+
+
+def promote_in(ctx: StageContext, out: Path | None = None) -> dict[str, Any]:
+    """Register the evaluated model and move the alias if the promotion rule says so.
 
     Args:
-        cfg: The composed config.
-        splits: The stage's split when the caller has loaded it already (``stage_split``).
+        ctx: The stage's context (:func:`~fmnist_mlops.context.open_stage`).
+        out: With ``run_id``, the folder for ``promotion.json`` (the evaluation's reports);
+            by default ``paths.out``, or a new scratch folder when that is null.
+
+    Returns:
+        The decision record written to ``reports/promotion.json``.
     """
-    config = validate(cfg)
+    config = ctx.config
     paths, run_id = config.paths, config.run_id
     if not run_id:
         out = stage_dir(paths.out, "register")
@@ -50,17 +59,16 @@ def promote(cfg: DictConfig, splits: Splits | None = None) -> dict[str, Any]:
             raise RegistryError(f"{metrics_path} not found: run the evaluate stage first")
         if json.loads(metrics_path.read_text())["run_id"] != run_info["run_id"]:
             raise RegistryError(f"{metrics_path} belongs to another run than {out / RUN_FILE}")
-    if splits is None:
-        splits = stage_split(config)[1]
-    tracking.setup(cfg)
+    splits = ctx.splits
+    ctx.track()
     if run_id:
-        run_info = tracking.run_record(run_id, splits.meta)
+        run_info = ctx.named_run()
         if "test_accuracy" not in MlflowClient().get_run(run_id).data.metrics:
             raise RegistryError(
                 f"run {run_id} has no test metrics: evaluate it first "
                 f"(python src/evaluate.py run_id={run_id})"
             )
-        out = out_dir(paths.out, "register", paths.scratch)
+        out = out or out_dir(paths.out, "register", paths.scratch)
     reg = config.registry
     client = MlflowClient()
     with registry_lock(reg.model_name, reg.lock_url):
@@ -160,8 +168,9 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
 
 def rollback(cfg: DictConfig) -> dict[str, Any]:
     """Move the alias back to the version that held it before the current champion."""
-    reg = validate(cfg).registry
-    tracking.setup(cfg)
+    ctx = open_stage(cfg)
+    reg = ctx.config.registry
+    ctx.track()
     client = MlflowClient()
     with registry_lock(reg.model_name, reg.lock_url):
         champ = current_champion(client, reg.model_name, reg.alias)

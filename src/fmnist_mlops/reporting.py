@@ -21,8 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, tracking
-from fmnist_mlops.config import validate
-from fmnist_mlops.data import stage_split
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
@@ -142,13 +141,14 @@ def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
     Raises:
         RegistryError: when there is no ``registry.alias`` version of ``registry.model_name``.
     """
-    config = validate(cfg)
-    uri = tracking.tracking_uri(cfg)
-    tracking.connect(uri)
+    ctx = open_stage(cfg)
+    config = ctx.config
+    uri = ctx.tracking_uri
+    tracking.connect(uri)  # no experiment is created: the report only reads
     client = MlflowClient()
     reg = config.registry
     version, run = _champion(client, reg, uri)
-    prepared, splits = stage_split(config)
+    prepared, splits = ctx.prepared, ctx.splits
     model = load_network(f"models:/{reg.model_name}@{reg.alias}")
     test = assess(model, splits.x_test, splits.y_test)
     logged = run.data.metrics

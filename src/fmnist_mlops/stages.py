@@ -12,32 +12,31 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist_mlops.config import validate
-from fmnist_mlops.data import stage_split
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import DataError
-from fmnist_mlops.evaluation import evaluate_into
-from fmnist_mlops.promotion import promote
+from fmnist_mlops.evaluation import evaluate_in
+from fmnist_mlops.promotion import promote_in
+from fmnist_mlops.schema import Config
 
 
 def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
-    """The pipeline's ``evaluate`` stage: :func:`evaluate`, then :func:`promote`, in one process.
+    """The pipeline's ``evaluate`` stage: evaluate, then the promotion rule, in one process.
 
     One stage rather than two because each Python stage pays ~5 s to import TensorFlow, Keras
-    and MLflow, a tenth of what training the default model costs (``make bench``). With
+    and MLflow, a tenth of what training the default model costs (``make bench``). Both halves
+    share one context: the config is validated, the split read and the store opened once. With
     ``run_id`` and no ``paths.out``, the promotion record goes beside the evaluation's reports.
 
     Returns:
         The test metrics, the reports' folder (``out_dir``) and the promotion record
         (``promotion``).
     """
-    splits = stage_split(validate(cfg))[1]  # once for both: the evaluation and the promotion
-    metrics, out = evaluate_into(cfg, splits)
-    if cfg.paths.out is None:
-        cfg = OmegaConf.merge(cfg, {"paths": {"out": str(out)}})
-    return {**metrics, "out_dir": str(out), "promotion": promote(cfg, splits)}
+    ctx = open_stage(cfg)
+    metrics, out = evaluate_in(ctx)
+    return {**metrics, "out_dir": str(out), "promotion": promote_in(ctx, out)}
 
 
-def child_config(run_id: str, caller: DictConfig) -> DictConfig:
+def child_config(run_id: str, caller: Config) -> DictConfig:
     """The config a child run was trained with (its logged ``config.yaml``), set to evaluate it.
 
     Training settings come from the run itself; where things are (``mlflow``, ``registry``,
@@ -50,20 +49,27 @@ def child_config(run_id: str, caller: DictConfig) -> DictConfig:
         raise DataError(f"run {run_id} has no logged config.yaml ({exc}): train it again") from None
     cfg = OmegaConf.create(text)
     with open_dict(cfg):
-        cfg.mlflow = caller.mlflow
-        cfg.registry = caller.registry
+        cfg.mlflow = caller.mlflow.model_dump()
+        cfg.registry = caller.registry.model_dump()
         cfg.paths.scratch = caller.paths.scratch
         cfg.paths.out = None
         cfg.run_id = run_id
     return cfg
 
 
-def promote_child(client: Any, parent: str, child: Any, caller: DictConfig) -> dict[str, Any]:
+def promote_child(client: Any, parent: str, child: Any, caller: Config) -> dict[str, Any]:
     """Evaluate a sweep's or study's chosen child run and apply the promotion rule.
 
     Uses the child's own config and its logged model (read from MLflow), so the evaluation is
     the ``evaluate`` stage's and the decision the ``register`` stage's. Records the outcome on
     the parent run.
+
+    Args:
+        client: An MLflow client of the store.
+        parent: The sweep's or study's run id.
+        child: The chosen child run.
+        caller: The sweep's or study's typed config: where things are (store, registry,
+            scratch) comes from it.
 
     Returns:
         The child's run id and overrides, its test accuracy, and the registry decision.

@@ -16,11 +16,14 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import nesting
+
+if TYPE_CHECKING:
+    from fmnist_mlops.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,12 @@ def _best_child(client: Any, experiment_id: str, parent: str, metric: str, mode:
     return (finished[0] if finished else None), finished, failed
 
 
-def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
+def finish(config: Config, parent: str) -> dict[str, Any]:
     """Evaluate the best finished child, apply the promotion rule, close the parent run.
+
+    Args:
+        config: The sweep's typed config (its store, registry rule and scratch root).
+        parent: The sweep's MLflow parent run.
 
     Returns:
         A summary: the children's counts, the best child's run id, its metrics and the
@@ -59,10 +66,10 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
 
     from fmnist_mlops import tracking
 
-    tracking.connect(tracking.tracking_uri(sweep_cfg))
+    tracking.connect(tracking.tracking_uri(config.mlflow.tracking_uri))
     client = MlflowClient()
     experiment_id = client.get_run(parent).info.experiment_id
-    reg = sweep_cfg.registry
+    reg = config.registry
     best, finished, failed = _best_child(client, experiment_id, parent, reg.metric, reg.mode)
     summary: dict[str, Any] = {
         "parent_run_id": parent,
@@ -88,7 +95,7 @@ def finish(sweep_cfg: DictConfig, parent: str) -> dict[str, Any]:
     from fmnist_mlops.stages import promote_child  # TensorFlow: only at the end of a sweep
 
     try:
-        promoted = promote_child(client, parent, best, sweep_cfg)
+        promoted = promote_child(client, parent, best, config)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -122,6 +129,7 @@ class MlflowSweepCallback(Callback):
     def __init__(self, job_name: str = "train") -> None:
         self.job_name = job_name
         self.parent: str | None = None
+        self.config: Config | None = None  # the sweep's typed config, from its first moment
 
     def _ours(self, config: DictConfig) -> bool:
         return OmegaConf.select(config, "hydra.job.name") == self.job_name
@@ -135,12 +143,12 @@ class MlflowSweepCallback(Callback):
 
         from fmnist_mlops import tracking
         from fmnist_mlops.cli import setup_logging
-        from fmnist_mlops.config import validate
+        from fmnist_mlops.context import open_stage
 
         setup_logging()
-        cfg = _task_config(config)
-        validate(cfg)
-        experiment_id = tracking.setup(cfg)
+        ctx = open_stage(_task_config(config))
+        experiment_id = ctx.track()
+        self.config = ctx.config
         sweep_args = list(OmegaConf.select(config, "hydra.overrides.task") or [])
         name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}"
         run = MlflowClient().create_run(
@@ -183,7 +191,7 @@ class MlflowSweepCallback(Callback):
         atexit.unregister(self._abandon)
         for key in (nesting.PARENT_ENV, nesting.JOB_ENV, nesting.OVERRIDES_ENV):
             os.environ.pop(key, None)
-        summary = _or_exit(finish, _task_config(config), parent)
+        summary = _or_exit(finish, self.config, parent)
         print(json.dumps({"sweep": summary}, default=str))
         if summary["best_run_id"] is None:
             raise SystemExit(1)

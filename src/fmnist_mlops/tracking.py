@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
-from fmnist_mlops.config import flatten
 from fmnist_mlops.paths import file_lock, project_root, sqlite_dir, store_root
+from fmnist_mlops.schema import MlflowCfg
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,14 @@ log = logging.getLogger(__name__)
 _MAX_PARAM_LEN = 6000
 
 
-def tracking_setting(cfg: DictConfig | None) -> tuple[str | None, str]:
+def tracking_setting(configured: str | None) -> tuple[str | None, str]:
     """Where the tracking URI comes from and its value.
 
-    ``mlflow.tracking_uri`` if set, else ``$MLFLOW_TRACKING_URI``, else (setting None) the
-    default ``sqlite:///<project root>/mlflow.db`` with artifacts in ``<root>/mlruns``, so every
-    stage (and every working directory, DVC's temporary experiment workspaces included) writes
-    to the same store.
+    ``configured`` (``mlflow.tracking_uri``) if set, else ``$MLFLOW_TRACKING_URI``, else
+    (setting None) the default ``sqlite:///<project root>/mlflow.db`` with artifacts in
+    ``<root>/mlruns``, so every stage (and every working directory, DVC's temporary experiment
+    workspaces included) writes to the same store.
     """
-    configured = OmegaConf.select(cfg, "mlflow.tracking_uri") if cfg is not None else None
     if configured:
         return "mlflow.tracking_uri", str(configured)
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -41,9 +40,9 @@ def tracking_setting(cfg: DictConfig | None) -> tuple[str | None, str]:
     return None, f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
-def tracking_uri(cfg: DictConfig | None) -> str:
+def tracking_uri(configured: str | None) -> str:
     """The tracking URI every stage uses (see :func:`tracking_setting`)."""
-    return tracking_setting(cfg)[1]
+    return tracking_setting(configured)[1]
 
 
 _SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
@@ -123,16 +122,19 @@ def _first_open_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def setup(cfg: DictConfig) -> str:
+def setup(settings: MlflowCfg) -> str:
     """Point MLflow at the store and make sure the experiment exists.
+
+    Args:
+        settings: The ``mlflow`` config (experiment name, tracking URI or null).
 
     Returns:
         The experiment id.
     """
-    setting, uri = tracking_setting(cfg)
+    setting, uri = tracking_setting(settings.tracking_uri)
     check_uri(setting or "the default tracking URI", uri)
     connect(uri)
-    name = cfg.mlflow.experiment
+    name = settings.experiment
     try:
         with _first_open_lock(uri):
             experiment = mlflow.get_experiment_by_name(name)
@@ -222,6 +224,23 @@ def redact(flat: dict[str, Any]) -> dict[str, Any]:
             hidden = hide_password(str(value))
             out[key] = value if hidden == str(value) else hidden
     return out
+
+
+def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested config to dotted keys, the names its values are logged under as params.
+
+    ``{"model": {"filters": [32, 64]}}`` becomes ``{"model.filters": [32, 64]}``.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def log_config(cfg: DictConfig) -> None:

@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops import cluster, nesting, resume, tracking
 from fmnist_mlops.callbacks import EPOCH_METRICS
-from fmnist_mlops.config import validate
-from fmnist_mlops.data import stage_split
+from fmnist_mlops.context import StageContext, open_stage
 from fmnist_mlops.errors import Interrupted, TrainingDiverged
 from fmnist_mlops.fitting import fit, weights_sha256
 from fmnist_mlops.folders import writable_dir
@@ -67,24 +66,24 @@ def train(
         ``run_id``, ``best_epoch``, ``epochs_trained`` and the best epoch's ``val_loss`` /
         ``val_accuracy``, plus ``out_dir``.
     """
-    config = validate(cfg)
+    ctx = open_stage(cfg)
+    config = ctx.config
     role = cluster.role(config.train.distribute)
     paths = config.paths
-    prepared, splits = stage_split(config)
+    splits = ctx.splits
     _join_cluster(config)
     if not role.chief:
-        return _peer_training(cfg, config, splits, role)
+        return _peer_training(ctx, role)
     # An output folder that cannot work is refused before any run exists.
     if paths.out is None:
         writable_dir("paths.scratch", scratch_root(paths.scratch))
     else:
         writable_dir("paths.out", resolve(paths.out))
-    experiment_id = tracking.setup(cfg)
-    tracking.mark_orphaned_runs(experiment_id)
+    tracking.mark_orphaned_runs(ctx.track())
 
     cfg_hash = resume.config_hash(cfg, splits.meta)
     folder, restored = resume.claim(
-        resume.backups_root(tracking.tracking_uri(cfg)),
+        resume.backups_root(ctx.tracking_uri),
         cfg_hash,
         None if paths.out is None else str(resolve(paths.out)),
         paths.out,
@@ -93,17 +92,16 @@ def train(
     try:
         _share_backup(config, restored)
         tags = {**(tags or {}), "distribute.workers": str(role.workers)}
-        return _claimed_training(
-            cfg, config, splits, prepared, folder, restored, cfg_hash, tags, callbacks
-        )
+        return _claimed_training(ctx, folder, restored, cfg_hash, tags, callbacks)
     except BaseException:
         resume.release(folder)
         raise
 
 
-def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash, tags, callbacks):
+def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callbacks):
     """The MLflow run of :func:`train` (new or resumed) around the fit, in a claimed backup."""
-    out = out_dir(config.paths.out, "train", config.paths.scratch)
+    paths = ctx.config.paths
+    out = out_dir(paths.out, "train", paths.scratch)
     if restored is None:
         run_tags = {
             **tracking.run_tags("train"),
@@ -134,7 +132,7 @@ def _claimed_training(cfg, config, splits, prepared, folder, restored, cfg_hash,
         spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
         try:
             record, summary, fit_seconds = _tracked_training(
-                cfg, config, splits, prepared, out, run, spec, restored, callbacks
+                ctx, out, run, spec, restored, callbacks
             )
         except Interrupted:
             mlflow.end_run(status="KILLED")
@@ -183,7 +181,7 @@ def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | 
     return broadcast_text(strategy, str(restored.folder) if restored is not None else None)
 
 
-def _peer_training(cfg, config: Config, splits, role: cluster.Role) -> dict[str, Any]:
+def _peer_training(ctx: StageContext, role: cluster.Role) -> dict[str, Any]:
     """A non-chief worker: the same fit, in step with the chief, writing nothing shared.
 
     No MLflow, no claim or backup, nothing under ``paths.out``: its checkpoint goes to a
@@ -193,10 +191,12 @@ def _peer_training(cfg, config: Config, splits, role: cluster.Role) -> dict[str,
     log.info(
         "train: worker %d of %d (not the chief): nothing shared written", role.index, role.workers
     )
+    config, splits = ctx.config, ctx.splits
     folder = _share_backup(config, None)
     restored = None
     if folder is not None:
-        restored = resume.load(Path(folder), resume.config_hash(cfg, splits.meta), discard=False)
+        cfg_hash = resume.config_hash(ctx.cfg, splits.meta)
+        restored = resume.load(Path(folder), cfg_hash, discard=False)
     with tempfile.TemporaryDirectory(prefix=f"fmnist-worker{role.index}-") as tmp:
         model, hist, best_epoch = fit(
             config.train, config.model, config.seed, splits, Path(tmp), restored=restored
@@ -224,18 +224,19 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
             mlflow.log_metrics(values, step=epoch, synchronous=True)
 
 
-def _tracked_training(cfg, config, splits, prepared, out, run, spec, restored, callbacks=()):
+def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=()):
     """Everything ``train`` logs inside its MLflow run; returns (record, summary, fit seconds).
 
-    ``cfg`` (the composed DictConfig) is what gets logged as params; ``config`` is its typed
-    form, which the training itself reads.
+    ``ctx.cfg`` (the composed DictConfig) is what gets logged as params; ``ctx.config`` is its
+    typed form, which the training itself reads.
     """
+    config, splits = ctx.config, ctx.splits
     run_id = run.info.run_id
     log.info("train: MLflow run %s, outputs in %s", run_id, out)
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
         return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
-    tracking.log_config(cfg)
+    tracking.log_config(ctx.cfg)
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
     for name, x, y in (
@@ -246,7 +247,7 @@ def _tracked_training(cfg, config, splits, prepared, out, run, spec, restored, c
             # MLflow registers two equivalent local-path source types and warns about it.
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(
-                features=x, targets=y, name=f"fashion-mnist-{name}", source=str(prepared)
+                features=x, targets=y, name=f"fashion-mnist-{name}", source=str(ctx.prepared)
             )
         mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 

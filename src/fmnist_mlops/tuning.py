@@ -28,11 +28,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import nesting, tracking
-from fmnist_mlops.config import compose, validate
+from fmnist_mlops.config import compose
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.paths import sqlite_dir, store_root
 from fmnist_mlops.registry import registry_lock
-from fmnist_mlops.schema import TuneCfg
+from fmnist_mlops.schema import RegistryCfg, TuneCfg
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ class TuningFailed(ProjectError):
     """No trial of the study completed."""
 
 
-def storage_url(tune_cfg: TuneCfg, base: DictConfig) -> str:
+def storage_url(tune_cfg: TuneCfg, tracking_uri: str) -> str:
     """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
     if tune_cfg.storage:
         return tracking.sqlalchemy_url(str(tune_cfg.storage))
-    folder = sqlite_dir(tracking.tracking_uri(base)) or store_root()
+    folder = sqlite_dir(tracking_uri) or store_root()
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
@@ -139,8 +140,8 @@ class OptunaPruning(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _open_study(tune_cfg: TuneCfg, base: DictConfig, url: str) -> optuna.Study:
-    direction = "maximize" if base.registry.mode == "max" else "minimize"
+def _open_study(tune_cfg: TuneCfg, reg: RegistryCfg, url: str) -> optuna.Study:
+    direction = "maximize" if reg.mode == "max" else "minimize"
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=tune_cfg.pruner.n_startup_trials,
         n_warmup_steps=tune_cfg.pruner.n_warmup_steps,
@@ -173,7 +174,7 @@ def _open_study(tune_cfg: TuneCfg, base: DictConfig, url: str) -> optuna.Study:
 
 
 def _get_or_create_parent(
-    study: optuna.Study, base: DictConfig, tune_cfg: TuneCfg, url: str, experiment_id: str
+    study: optuna.Study, metric: str, tune_cfg: TuneCfg, url: str, experiment_id: str
 ) -> str:
     """The study's MLflow parent run: created with the study, reopened when it resumes."""
     client = MlflowClient()
@@ -192,7 +193,7 @@ def _get_or_create_parent(
         "study_name": tune_cfg.study_name,
         "storage": tracking.hide_password(url),
         "direction": study.direction.name.lower(),
-        "metric": base.registry.metric,
+        "metric": metric,
         "space": json.dumps(tune_cfg.space),
     }.items():
         client.log_param(parent, f"tune.{key}", value)
@@ -262,17 +263,16 @@ def tune(
     # Each trial loads its logged model once to check it; TF calls that "retracing".
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     base_overrides = [o for o in overrides if not o.lstrip("+~").startswith("tune")]
-    base = compose(base_overrides)
-    validate(base)
-    url = storage_url(tune_cfg, base)
+    ctx = open_stage(compose(base_overrides))
+    reg = ctx.config.registry
+    url = storage_url(tune_cfg, ctx.tracking_uri)
     # Tuners started at once on one study must agree on it and on one parent run: the first
     # creates them under a lock (a file lock, or an advisory lock in the study's PostgreSQL
     # database). New Optuna tables and a new SQLite MLflow store would collide otherwise.
     lock_url = url if url.startswith("postgresql") else None
     with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
-        study = _open_study(tune_cfg, base, url)
-        experiment_id = tracking.setup(base)
-        parent = _get_or_create_parent(study, base, tune_cfg, url, experiment_id)
+        study = _open_study(tune_cfg, reg, url)
+        parent = _get_or_create_parent(study, reg.metric, tune_cfg, url, ctx.track())
     client = MlflowClient()
     log.info(
         "tune: study %s in %s, MLflow parent run %s, %d trials so far",
@@ -283,7 +283,7 @@ def tune(
     )
     started = time.monotonic()
     try:
-        _run_trials(study, tune_cfg, base_overrides, parent, base.registry.metric, train)
+        _run_trials(study, tune_cfg, base_overrides, parent, reg.metric, train)
     except Interrupted:
         client.set_terminated(parent, "KILLED")
         raise
@@ -308,7 +308,7 @@ def tune(
         # Tuners sharing the study pick the same best trial: one evaluates it at a time (its
         # run is reopened, RUNNING, meanwhile); the next finds it registered already.
         with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
-            promoted = promote_child(client, parent, client.get_run(run_id), base)
+            promoted = promote_child(client, parent, client.get_run(run_id), ctx.config)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise

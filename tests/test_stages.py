@@ -1,0 +1,66 @@
+"""Every stage sets up once: the config validated, the split read, the store opened."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from omegaconf import open_dict
+
+from fmnist_mlops import context, tracking
+from fmnist_mlops.promotion import promote, rollback
+from fmnist_mlops.reporting import build_report
+from fmnist_mlops.stages import evaluate_and_promote
+from fmnist_mlops.training import train
+
+
+@pytest.fixture
+def setup_calls(monkeypatch) -> Counter:
+    """Counts of the three setup steps, however a stage reaches them."""
+    calls: Counter = Counter()
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(context, "validate", counting("validate", context.validate))
+    monkeypatch.setattr(context, "stage_split", counting("split", context.stage_split))
+    monkeypatch.setattr(tracking, "setup", counting("store", tracking.setup))
+    return calls
+
+
+def test_each_stage_validates_reads_the_split_and_opens_the_store_once(
+    smoke_cfg, setup_calls, tmp_path
+):
+    once = {"validate": 1, "split": 1, "store": 1}
+    result = train(smoke_cfg)
+    assert setup_calls == once, "train"
+
+    setup_calls.clear()
+    evaluated = evaluate_and_promote(smoke_cfg)  # evaluate, then the promotion rule
+    assert evaluated["promotion"]["promote"]
+    assert setup_calls == once, "evaluate"
+
+    setup_calls.clear()
+    assert promote(smoke_cfg)["candidate_version"] == 1  # already registered: the same version
+    assert setup_calls == once, "register"
+
+    by_run = smoke_cfg.copy()
+    with open_dict(by_run):
+        by_run.paths.out = None
+        by_run.run_id = result["run_id"]
+    setup_calls.clear()
+    evaluate_and_promote(by_run)
+    assert setup_calls == once, "evaluate run_id=..."
+
+    setup_calls.clear()
+    build_report(smoke_cfg, out=tmp_path / "report.html")
+    assert setup_calls == {"validate": 1, "split": 1}, "report (reads the store, creates nothing)"
+
+    setup_calls.clear()
+    with pytest.raises(Exception, match="no previous champion"):
+        rollback(smoke_cfg)
+    assert setup_calls == {"validate": 1, "store": 1}, "rollback (no split)"
