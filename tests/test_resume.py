@@ -21,7 +21,7 @@ from test_faults import start_training
 from fmnist_mlops import resume
 from fmnist_mlops.config import validate
 from fmnist_mlops.data import load_prepared
-from fmnist_mlops.errors import Interrupted
+from fmnist_mlops.errors import ConfigError, Interrupted
 from fmnist_mlops.fitting import fit
 from fmnist_mlops.paths import MODEL_FILE
 from fmnist_mlops.training import train
@@ -106,6 +106,13 @@ def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(tmp_path
 def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, caplog):
     _, _, folder, h = backup_after_two_epochs(tmp_path, smoke_prepared)
     caplog.set_level(logging.WARNING)
+    # A peer worker reads the chief's backup: it refuses one it cannot use and deletes nothing.
+    assert resume.load(folder, h, discard=False).epoch == 1
+    with pytest.raises(ConfigError, match="cannot use .made for other settings"):
+        resume.load(folder, "0" * 16, discard=False)
+    with pytest.raises(ConfigError, match="cannot use .no backup there"):
+        resume.load(tmp_path / "elsewhere", h, discard=False)
+    assert folder.exists() and "discarding" not in caplog.text
     assert resume.load(folder, "0" * 16) is None
     assert "made for other settings" in caplog.text and not folder.exists()
 

@@ -285,46 +285,40 @@ def load(folder: Path, expected_hash: str, discard: bool = True) -> ResumeState 
     A backup for other settings, or one whose files are missing or do not match the
     checksums recorded with it, is reported and deleted: training then starts afresh.
     With ``discard=False`` (a worker reading the chief's backup) nothing is deleted: such a
-    backup raises :class:`ConfigError` instead.
+    backup, or none at all, raises :class:`ConfigError` instead.
     """
+    state, problem = _inspect(folder, expected_hash)
+    if state is not None and problem is None:
+        return state
     if not discard:
-        return _read_only_load(folder, expected_hash)
+        raise ConfigError(
+            f"the chief resumes from {folder}, which this worker cannot use "
+            f"({problem or 'no backup there'}): the backups must be on storage every worker "
+            "shares, and every worker started with the same arguments"
+        )
+    if problem is None:  # an epoch never finished: nothing to keep
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return _discard(folder, problem)
+
+
+def _inspect(folder: Path, expected_hash: str) -> tuple[ResumeState | None, str | None]:
+    """A backup's saved state, if any, and why it cannot be resumed (None: it can)."""
     state_path = folder / STATE_FILE
     if not state_path.exists():
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # an epoch never finished: nothing to keep
-        return None
+        return None, None
     try:
-        raw = json.loads(state_path.read_text())
-        state = ResumeState(folder=folder, **raw)
-    except (ValueError, TypeError) as exc:
-        return _discard(folder, f"unreadable {STATE_FILE} ({exc.__class__.__name__})")
+        state = ResumeState(folder=folder, **json.loads(state_path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        return None, f"unreadable {STATE_FILE} ({exc.__class__.__name__})"
     if state.hash != expected_hash:
-        return _discard(folder, f"made for other settings (hash {state.hash}, now {expected_hash})")
+        return state, f"made for other settings (hash {state.hash}, now {expected_hash})"
     for role in ("last", "best"):
         name = state.files.get(role)
         path = folder / name if name else None
         if path is None or not path.is_file() or sha256_of(path) != state.sha256.get(name):
-            return _discard(
-                folder, f"{role} model {name} is missing or corrupt (checksum mismatch)"
-            )
-    return state
-
-
-def _read_only_load(folder: Path, expected_hash: str) -> ResumeState:
-    try:
-        state = ResumeState(folder=folder, **json.loads((folder / STATE_FILE).read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"the chief resumes from {folder}, which this worker cannot read "
-            f"({type(exc).__name__}): the backups must be on storage every worker shares"
-        ) from None
-    if state.hash != expected_hash:
-        raise ConfigError(
-            f"the chief resumes {folder} (settings {state.hash}), but this worker's settings "
-            f"are {expected_hash}: start every worker with the same arguments"
-        )
-    return state
+            return state, f"{role} model {name} is missing or corrupt (checksum mismatch)"
+    return state, None
 
 
 def _discard(folder: Path, why: str) -> None:
