@@ -52,6 +52,9 @@ def resolve(requirements: Path, target: str, python: str, *args: str) -> dict[st
     """
     cmd = [UV, "pip", "compile", str(requirements), *args, "-q", "--no-header", "--no-annotate"]
     cmd += ["--python-platform", TARGETS[target][0], "--python-version", python]
+    # The target Python is only a resolver setting: without an interpreter named, uv tries to
+    # download one matching ``python`` first (10 s of failed retries offline, every call).
+    cmd += ["--python", sys.executable, "--no-python-downloads"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
