@@ -15,10 +15,13 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 
 def stage(cfg: DictConfig):
-    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    """Validate first, then import the stage: bad input and ``--help`` never load TensorFlow."""
+    from fmnist_mlops.context import open_stage
+
+    ctx = open_stage(cfg)
     from fmnist_mlops.promotion import promote
 
-    return promote(cfg)
+    return promote(ctx)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)

@@ -14,6 +14,7 @@ from omegaconf import open_dict
 
 from fmnist_mlops import nesting, sweep, tracking
 from fmnist_mlops.config import validate
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.training import train
 
 SCRIPTS = "src"
@@ -56,7 +57,7 @@ def adhoc_cfg(smoke_cfg, tmp_path, *, seed: int = 42, epochs: int = 2, lr: float
 
 
 def test_ad_hoc_runs_write_into_the_configured_scratch_with_an_owner(smoke_cfg, tmp_path):
-    result = train(adhoc_cfg(smoke_cfg, tmp_path, epochs=1))
+    result = train(open_stage(adhoc_cfg(smoke_cfg, tmp_path, epochs=1)))
     out = tmp_path / "scratch"
     folder = next(out.iterdir())
     assert result["out_dir"] == str(folder) and (folder / "models" / "model.keras").is_file()
@@ -69,8 +70,8 @@ def test_evaluate_register_report_rollback_by_run_id_with_every_scratch_folder_g
     smoke_cfg, tmp_path, project_root, subprocess_env
 ):
     # A deliberately weak first model (1 epoch at a tiny rate) and a normal second one.
-    weak = train(adhoc_cfg(smoke_cfg, tmp_path, epochs=1, lr=1e-5))
-    good = train(adhoc_cfg(smoke_cfg, tmp_path, seed=1))
+    weak = train(open_stage(adhoc_cfg(smoke_cfg, tmp_path, epochs=1, lr=1e-5)))
+    good = train(open_stage(adhoc_cfg(smoke_cfg, tmp_path, seed=1)))
     shutil.rmtree(tmp_path / "scratch")
 
     def run(script, *args):
@@ -127,7 +128,7 @@ def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
     for job, seed in enumerate((1, 2)):
         monkeypatch.setenv(nesting.JOB_ENV, str(job))
         monkeypatch.setenv(nesting.OVERRIDES_ENV, f"seed={seed}")
-        children.append(train(adhoc_cfg(smoke_cfg, tmp_path, seed=seed)))
+        children.append(train(open_stage(adhoc_cfg(smoke_cfg, tmp_path, seed=seed))))
     for key in (nesting.PARENT_ENV, nesting.JOB_ENV, nesting.OVERRIDES_ENV):
         monkeypatch.delenv(key)
     shutil.rmtree(tmp_path / "scratch")

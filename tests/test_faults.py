@@ -18,6 +18,7 @@ from helpers import ROOT, smoke_config, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import errors, tracking
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import TrainingDiverged
 from fmnist_mlops.training import train
 
@@ -111,7 +112,7 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tmp_path, smoke_prepared):
     with pytest.raises(
         TrainingDiverged, match=r"loss became (nan|inf) at epoch 0 .* train.lr=100000000.0"
     ):
-        train(cfg)
+        train(open_stage(cfg))
     _, run = only_run(cfg.mlflow.tracking_uri)
     assert run.info.status == "FAILED"
     assert re.search("loss became (nan|inf)", run.data.tags["failure"])
@@ -148,7 +149,7 @@ def test_a_signal_whose_raise_was_lost_still_stops_training(tmp_path, smoke_prep
     cfg = smoke_config(tmp_path, smoke_prepared)
     errors.note_signal(signal.SIGINT)
     with pytest.raises(errors.Interrupted, match="interrupted by SIGINT"):
-        train(cfg)
+        train(open_stage(cfg))
     client, run = only_run(cfg.mlflow.tracking_uri)
     assert run.info.status == "KILLED"
     assert client.search_registered_models() == []

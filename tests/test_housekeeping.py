@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from test_registry import pipeline
 
 from fmnist_mlops import owner
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.housekeeping import clean_runs
 from fmnist_mlops.promotion import promote
 from fmnist_mlops.resume import CLAIM_FILE
@@ -19,7 +20,7 @@ from fmnist_mlops.resume import CLAIM_FILE
 def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prepared):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     champion_cfg = pipeline(tmp_path / "champ", smoke_prepared, uri, "train.epochs=1")
-    assert promote(champion_cfg)["promote"]
+    assert promote(open_stage(champion_cfg))["promote"]
     other_cfg = pipeline(tmp_path / "other", smoke_prepared, uri, "train.epochs=1", "seed=5")
     client = MlflowClient(uri, registry_uri=uri)
     champ_run = client.get_model_version_by_alias("fashion-mnist-cnn", "champion").run_id
@@ -34,7 +35,7 @@ def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prep
     registered_cfg = pipeline(
         tmp_path / "reg", smoke_prepared, uri, "train.epochs=1", "seed=6", "registry.min_delta=1.0"
     )
-    registered_run = promote(registered_cfg)["run_id"]
+    registered_run = promote(open_stage(registered_cfg))["run_id"]
 
     client.delete_run(other_run)
     client.delete_run(champ_run)  # a careless user: gc must not destroy the champion

@@ -1,4 +1,4 @@
-"""Commands that train nothing never import TensorFlow, Keras or matplotlib."""
+"""Commands that train nothing, and stages refusing bad input, never import TensorFlow."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ LIGHT = {
         ["--no-dvc", "--tracking-uri=sqlite:///{tmp}/m.db"],
     ),
     "make clean": ("-m fmnist_mlops.scratch", ["--root={tmp}/scratch"]),
+    # Bad input is refused before a stage imports anything heavy (one second, not eight).
+    "train refusing train.epochs=0": ("src/train.py", ["train.epochs=0"]),
+    "evaluate refusing registry.mode=up": ("src/evaluate.py", ["registry.mode=up"]),
+    "register refusing data.val_split=2": ("src/register.py", ["data.val_split=2"]),
+    "report refusing seed=-1": ("src/report.py", ["seed=-1"]),
 }
 
 

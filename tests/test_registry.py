@@ -11,6 +11,7 @@ from helpers import smoke_config
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.evaluation import evaluate
@@ -45,8 +46,8 @@ def pipeline(tmp: Path, prepared: Path, uri: str, *overrides: str):
     cfg = smoke_config(tmp, prepared, *overrides)
     with open_dict(cfg):
         cfg.mlflow.tracking_uri = uri
-    train(cfg)
-    evaluate(cfg)
+    train(open_stage(cfg))
+    evaluate(open_stage(cfg))
     return cfg
 
 
@@ -54,14 +55,14 @@ def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
-    first = promote(weak)
+    first = promote(open_stage(weak))
     assert (
         first["promote"] and first["candidate_version"] == 1 and first["champion_version"] is None
     )
     assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "1"
 
     strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
-    second = promote(strong)
+    second = promote(open_stage(strong))
     assert second["candidate_score"] > second["champion_score"], "2 epochs beat 1 on this seed"
     assert second["promote"] and second["champion_after"] == 2 and second["champion_version"] == 1
     # The champion was re-scored on the current validation split, not read from its run.
@@ -74,33 +75,33 @@ def test_promote_compare_rescored_champion_and_rollback(tmp_path, smoke_prepared
     assert on_disk == second
 
     # The same run and weights again: a no-op that says so (no third version, alias unmoved).
-    third = promote(strong)
+    third = promote(open_stage(strong))
     assert not third["promote"] and third["candidate_version"] == 2 and third["champion_after"] == 2
     assert "already registered as version 2" in third["reason"]
     assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2
     run = client.get_run(third["run_id"])
     assert run.data.tags["registry.version"] == "2"
 
-    assert rollback(strong) == {
+    assert rollback(open_stage(strong)) == {
         "model_name": "fashion-mnist-cnn",
         "from_version": 2,
         "to_version": 1,
     }
     assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
-        rollback(strong)
+        rollback(open_stage(strong))
 
 
 def test_floor_blocks_a_weak_first_model(tmp_path, smoke_prepared):
     uri = f"sqlite:///{tmp_path / 'floor.db'}"
     cfg = pipeline(tmp_path, smoke_prepared, uri, "train.epochs=1", "registry.floor=0.99")
-    decision = promote(cfg)
+    decision = promote(open_stage(cfg))
     assert not decision["promote"] and "floor" in decision["reason"]
     client = MlflowClient(uri, registry_uri=uri)
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     with pytest.raises(RegistryError, match="has no @champion"):
-        rollback(cfg)
+        rollback(open_stage(cfg))
 
 
 def start_register(cfg, prepared, uri, lock_url=None):
@@ -160,13 +161,13 @@ def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line
     uri = f"sqlite:///{tmp_path / 'gone.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     weak = pipeline(tmp_path / "weak", smoke_prepared, uri, "train.epochs=1")
-    assert promote(weak)["promote"]
+    assert promote(open_stage(weak))["promote"]
     strong = pipeline(tmp_path / "strong", smoke_prepared, uri, "train.epochs=2")
-    assert promote(strong)["champion_after"] == 2
+    assert promote(open_stage(strong))["champion_after"] == 2
 
     client.delete_model_version("fashion-mnist-cnn", "1")
     with pytest.raises(RegistryError, match=r"version 1, the champion before version 2, was del"):
-        rollback(strong)
+        rollback(open_stage(strong))
     assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "2"
 
     run_id = client.get_model_version("fashion-mnist-cnn", "2").run_id
@@ -174,5 +175,5 @@ def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     subprocess.run([mlflow_bin, "gc", "--backend-store-uri", uri], check=True, capture_output=True)
     with pytest.raises(RegistryError, match=f"whose run {run_id} is gone") as err:
-        build_report(strong, out=tmp_path / "r.html")
+        build_report(open_stage(strong), out=tmp_path / "r.html")
     assert "\n" not in str(err.value) and not (tmp_path / "r.html").exists()

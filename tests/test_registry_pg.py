@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 from test_registry import pipeline, race_promotions, start_register
 
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.promotion import promote
 from fmnist_mlops.registry import registry_lock
@@ -40,7 +41,7 @@ def test_unreachable_lock_database_is_a_clear_error_and_changes_nothing(tmp_path
     with open_dict(cfg):
         cfg.registry.lock_url = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/x"
     with pytest.raises(RegistryError, match=r"registry.lock_url: cannot reach") as err:
-        promote(cfg)
+        promote(open_stage(cfg))
     assert "s3cret" not in str(err.value)
     assert (
         MlflowClient(uri, registry_uri=uri).search_model_versions("name='fashion-mnist-cnn'") == []

@@ -9,6 +9,7 @@ import re
 import pytest
 from PIL import Image
 
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.promotion import promote
@@ -28,17 +29,17 @@ SECTIONS = (
 
 def test_no_champion_is_one_clear_error_and_no_file(smoke_cfg, tmp_path):
     with pytest.raises(RegistryError, match="no fashion-mnist-cnn@champion"):
-        build_report(smoke_cfg, out=tmp_path / "r.html")
+        build_report(open_stage(smoke_cfg), out=tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
 
 
 def test_report_is_self_contained_and_agrees_with_mlflow(smoke_cfg, tmp_path):
-    first = train(smoke_cfg)
-    evaluate(smoke_cfg)
-    assert promote(smoke_cfg)["promote"]
-    train(smoke_cfg)  # a later run that is not the champion, for the comparison table
+    first = train(open_stage(smoke_cfg))
+    evaluate(open_stage(smoke_cfg))
+    assert promote(open_stage(smoke_cfg))["promote"]
+    train(open_stage(smoke_cfg))  # a later run that is not the champion, for the comparison table
 
-    result = build_report(smoke_cfg, out=tmp_path / "champion.html")
+    result = build_report(open_stage(smoke_cfg), out=tmp_path / "champion.html")
     page = (tmp_path / "champion.html").read_text()
     assert result["run_id"] == first["run_id"]
     # The numbers are recomputed from the registered model and match what MLflow logged.

@@ -20,6 +20,7 @@ from test_faults import start_training
 
 from fmnist_mlops import resume
 from fmnist_mlops.config import validate
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import ConfigError, Interrupted
 from fmnist_mlops.fitting import fit
@@ -181,12 +182,12 @@ def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smok
     overrides, epoch, mid_epoch = EXACT_CASES[case]
     common = ["train.epochs=4", "train.patience=4", *overrides]
     reference = smoke_config(tmp_path / "reference", smoke_prepared, *common)
-    train(reference)
+    train(open_stage(reference))
 
     cfg = smoke_config(tmp_path / "resumed", smoke_prepared, *common)
     with pytest.raises(Interrupted):
-        train(cfg, callbacks=[InterruptAt(epoch, mid_epoch)])
-    result = train(cfg)
+        train(open_stage(cfg), callbacks=[InterruptAt(epoch, mid_epoch)])
+    result = train(open_stage(cfg))
     assert result["run_id"]
 
     expected_history, expected_weights = history_and_weights(reference)
@@ -207,7 +208,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
     with open_dict(cfg):
         cfg.paths.out = None
     with pytest.raises(Interrupted):
-        train(cfg, callbacks=[InterruptAt(0, mid_epoch=False)])
+        train(open_stage(cfg), callbacks=[InterruptAt(0, mid_epoch=False)])
     [first] = (tmp_path / ".backups").glob("train-*")
     claim_file = first / resume.CLAIM_FILE
     released = json.loads(claim_file.read_text())
@@ -220,7 +221,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
         live["process_start"] = owner.process_start(stand_in.pid)
         claim_file.write_text(json.dumps({**released, "owner": live}))
         with pytest.raises(Interrupted):
-            train(cfg, callbacks=[InterruptAt(1, mid_epoch=False)])
+            train(open_stage(cfg), callbacks=[InterruptAt(1, mid_epoch=False)])
     finally:
         stand_in.kill()
         stand_in.wait()
@@ -233,7 +234,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
     assert runs[first] != runs[second]
 
     caplog.set_level(logging.INFO)
-    result = train(cfg)
+    result = train(open_stage(cfg))
     assert result["run_id"] == runs[second], "the most recent interrupted run"
     assert f"also {runs[first]}" in caplog.text and "2 interrupted run(s)" in caplog.text
     assert first.exists() and not second.exists(), "the other one is left for its own rerun"

@@ -20,6 +20,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import PREDICTIONS_CSV
@@ -37,9 +38,9 @@ def champion(tmp_path_factory, smoke_prepared):
     cfg = smoke_config(tmp, smoke_prepared)
     with open_dict(cfg):
         cfg.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    train(cfg)
-    evaluate(cfg)
-    assert promote(cfg)["promote"]
+    train(open_stage(cfg))
+    evaluate(open_stage(cfg))
+    assert promote(open_stage(cfg))["promote"]
     return cfg
 
 

@@ -8,6 +8,8 @@ import pytest
 from omegaconf import open_dict
 
 from fmnist_mlops import context, tracking
+from fmnist_mlops.context import open_stage
+from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.promotion import promote, rollback
 from fmnist_mlops.reporting import build_report
 from fmnist_mlops.stages import evaluate_and_promote
@@ -32,35 +34,33 @@ def setup_calls(monkeypatch) -> Counter:
     return calls
 
 
-def test_each_stage_validates_reads_the_split_and_opens_the_store_once(
-    smoke_cfg, setup_calls, tmp_path
-):
+def test_each_stage_reads_the_split_and_opens_the_store_once(smoke_cfg, setup_calls, tmp_path):
     once = {"validate": 1, "split": 1, "store": 1}
-    result = train(smoke_cfg)
+
+    def stage(fn, cfg, *args, **kwargs):
+        setup_calls.clear()
+        return fn(open_stage(cfg), *args, **kwargs)
+
+    result = stage(train, smoke_cfg)
     assert setup_calls == once, "train"
 
-    setup_calls.clear()
-    evaluated = evaluate_and_promote(smoke_cfg)  # evaluate, then the promotion rule
+    evaluated = stage(evaluate_and_promote, smoke_cfg)  # evaluate, then the promotion rule
     assert evaluated["promotion"]["promote"]
     assert setup_calls == once, "evaluate"
 
-    setup_calls.clear()
-    assert promote(smoke_cfg)["candidate_version"] == 1  # already registered: the same version
+    assert stage(promote, smoke_cfg)["candidate_version"] == 1  # registered already
     assert setup_calls == once, "register"
 
     by_run = smoke_cfg.copy()
     with open_dict(by_run):
         by_run.paths.out = None
         by_run.run_id = result["run_id"]
-    setup_calls.clear()
-    evaluate_and_promote(by_run)
+    stage(evaluate_and_promote, by_run)
     assert setup_calls == once, "evaluate run_id=..."
 
-    setup_calls.clear()
-    build_report(smoke_cfg, out=tmp_path / "report.html")
+    stage(build_report, smoke_cfg, out=tmp_path / "report.html")
     assert setup_calls == {"validate": 1, "split": 1}, "report (reads the store, creates nothing)"
 
-    setup_calls.clear()
-    with pytest.raises(Exception, match="no previous champion"):
-        rollback(smoke_cfg)
+    with pytest.raises(RegistryError, match="no previous champion"):
+        stage(rollback, smoke_cfg)
     assert setup_calls == {"validate": 1, "store": 1}, "rollback (no split)"

@@ -13,6 +13,7 @@ from helpers import smoke_config
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config import validate
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
 from fmnist_mlops.scoring import load_network
@@ -21,7 +22,7 @@ from fmnist_mlops.training import EPOCH_METRICS, train
 
 @pytest.fixture
 def trained(smoke_cfg):
-    result = train(smoke_cfg)
+    result = train(open_stage(smoke_cfg))
     return smoke_cfg, result, MlflowClient(smoke_cfg.mlflow.tracking_uri)
 
 
@@ -63,16 +64,16 @@ def test_train_logs_params_epoch_history_artifacts_and_model(trained):
 
 
 def test_same_seed_same_metrics_other_seed_differs(tmp_path, smoke_prepared):
-    a = train(smoke_config(tmp_path / "a", smoke_prepared))
-    b = train(smoke_config(tmp_path / "b", smoke_prepared))
-    c = train(smoke_config(tmp_path / "c", smoke_prepared, "seed=7"))
+    a = train(open_stage(smoke_config(tmp_path / "a", smoke_prepared)))
+    b = train(open_stage(smoke_config(tmp_path / "b", smoke_prepared)))
+    c = train(open_stage(smoke_config(tmp_path / "c", smoke_prepared, "seed=7")))
     assert (a["val_loss"], a["val_accuracy"]) == (b["val_loss"], b["val_accuracy"])
     assert a["val_loss"] != c["val_loss"]
 
 
 def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
     cfg, result, client = trained
-    metrics = evaluate(cfg)
+    metrics = evaluate(open_stage(cfg))
     assert metrics["run_id"] == result["run_id"]
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
@@ -111,7 +112,7 @@ def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=1")
     with open_dict(cfg):  # credentials in a mirror URL: a real field a user might fill
         cfg.data.base_url = "https://alice:hunter2@mirror.internal/fashion-mnist/"
-    result = train(cfg)
+    result = train(open_stage(cfg))
     client = MlflowClient(cfg.mlflow.tracking_uri)
     run = client.get_run(result["run_id"])
     assert run.data.params["data.base_url"] == "https://***@mirror.internal/fashion-mnist/"
@@ -160,8 +161,8 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
         smoke_cfg.train.epochs = 4
         smoke_cfg.train.patience = 4
         smoke_cfg.train.monitor = "val_accuracy"
-    result = train(smoke_cfg)
-    metrics = evaluate(smoke_cfg)
+    result = train(open_stage(smoke_cfg))
+    metrics = evaluate(open_stage(smoke_cfg))
     client = MlflowClient(smoke_cfg.mlflow.tracking_uri)
     run = client.get_run(result["run_id"])
     best = int(run.data.metrics["best_epoch"])

@@ -15,6 +15,7 @@ from helpers import ROOT, read_only_rows, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import tracking
+from fmnist_mlops.context import open_stage
 from fmnist_mlops.training import train
 from fmnist_mlops.tuning import OptunaPruning
 
@@ -158,7 +159,7 @@ def test_pruning_callback_stops_a_trial_worse_than_the_median(smoke_cfg):
     trial = study.ask()
     pruning = OptunaPruning(trial, "val_accuracy")
     smoke_cfg.train.epochs = 3
-    result = train(smoke_cfg, callbacks=[pruning])
+    result = train(open_stage(smoke_cfg), callbacks=[pruning])
     assert pruning.pruned_at == 0
     assert result["epochs_trained"] == 1
     assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [0]

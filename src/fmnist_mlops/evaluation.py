@@ -9,10 +9,9 @@ from typing import Any
 
 import keras
 import mlflow
-from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES
-from fmnist_mlops.context import StageContext, open_stage
+from fmnist_mlops.context import StageContext
 from fmnist_mlops.data import Splits
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import (
@@ -52,7 +51,7 @@ def _write_reports(out: Path, splits: Splits, test: Assessment) -> None:
     )
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def evaluate(ctx: StageContext) -> dict[str, Any]:
     """Score the trained model on the val and test splits and log it to the train run.
 
     See :func:`evaluate_in`, which also returns the folder the reports went to.
@@ -60,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics written to ``reports/metrics.json``.
     """
-    return evaluate_in(open_stage(cfg))[0]
+    return evaluate_in(ctx)[0]
 
 
 def evaluate_in(ctx: StageContext) -> tuple[dict[str, Any], Path]:

@@ -16,9 +16,8 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
-from fmnist_mlops.context import StageContext, open_stage
+from fmnist_mlops.context import StageContext
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.folders import read_run, stage_dir
 from fmnist_mlops.paths import METRICS_JSON, PROMOTION_JSON, RUN_FILE, write_json
@@ -29,17 +28,10 @@ from fmnist_mlops.scratch import out_dir
 log = logging.getLogger(__name__)
 
 
-def promote(cfg: DictConfig) -> dict[str, Any]:
+def promote(ctx: StageContext, out: Path | None = None) -> dict[str, Any]:
     """Register the evaluated model and move the alias if the promotion rule says so.
 
-    Writes ``reports/promotion.json`` with the decision and both scores (see
-    :func:`promote_in`).
-    """
-    return promote_in(open_stage(cfg))
-
-
-def promote_in(ctx: StageContext, out: Path | None = None) -> dict[str, Any]:
-    """Register the evaluated model and move the alias if the promotion rule says so.
+    Writes ``reports/promotion.json`` with the decision and both scores.
 
     Args:
         ctx: The stage's context (:func:`~fmnist_mlops.context.open_stage`).
@@ -166,9 +158,8 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
     }
 
 
-def rollback(cfg: DictConfig) -> dict[str, Any]:
+def rollback(ctx: StageContext) -> dict[str, Any]:
     """Move the alias back to the version that held it before the current champion."""
-    ctx = open_stage(cfg)
     reg = ctx.config.registry
     ctx.track()
     client = MlflowClient()

@@ -18,10 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
 from fmnist_mlops import CLASS_NAMES, tracking
-from fmnist_mlops.context import open_stage
+from fmnist_mlops.context import StageContext
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.paths import resolve, write_text
 from fmnist_mlops.plots import (
@@ -135,13 +134,12 @@ def _recent_runs(client: MlflowClient, experiment_id: str, champion_run: str) ->
     return _table(headers, rows, left=6, classes=classes)
 
 
-def build_report(cfg: DictConfig, out: Path | None = None) -> dict[str, Any]:
+def build_report(ctx: StageContext, out: Path | None = None) -> dict[str, Any]:
     """Write the champion report and return where it went and the recomputed test metrics.
 
     Raises:
         RegistryError: when there is no ``registry.alias`` version of ``registry.model_name``.
     """
-    ctx = open_stage(cfg)
     config = ctx.config
     uri = ctx.tracking_uri
     tracking.connect(uri)  # no experiment is created: the report only reads

@@ -12,14 +12,14 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist_mlops.context import open_stage
+from fmnist_mlops.context import StageContext, open_stage
 from fmnist_mlops.errors import DataError
 from fmnist_mlops.evaluation import evaluate_in
-from fmnist_mlops.promotion import promote_in
+from fmnist_mlops.promotion import promote
 from fmnist_mlops.schema import Config
 
 
-def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
+def evaluate_and_promote(ctx: StageContext) -> dict[str, Any]:
     """The pipeline's ``evaluate`` stage: evaluate, then the promotion rule, in one process.
 
     One stage rather than two because each Python stage pays ~5 s to import TensorFlow, Keras
@@ -31,9 +31,8 @@ def evaluate_and_promote(cfg: DictConfig) -> dict[str, Any]:
         The test metrics, the reports' folder (``out_dir``) and the promotion record
         (``promotion``).
     """
-    ctx = open_stage(cfg)
     metrics, out = evaluate_in(ctx)
-    return {**metrics, "out_dir": str(out), "promotion": promote_in(ctx, out)}
+    return {**metrics, "out_dir": str(out), "promotion": promote(ctx, out)}
 
 
 def child_config(run_id: str, caller: Config) -> DictConfig:
@@ -74,7 +73,7 @@ def promote_child(client: Any, parent: str, child: Any, caller: Config) -> dict[
     Returns:
         The child's run id and overrides, its test accuracy, and the registry decision.
     """
-    metrics = evaluate_and_promote(child_config(child.info.run_id, caller))
+    metrics = evaluate_and_promote(open_stage(child_config(child.info.run_id, caller)))
     decision = metrics["promotion"]
     overrides = child.data.tags.get("sweep.overrides", "")
     for key, value in {

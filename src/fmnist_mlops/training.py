@@ -13,12 +13,11 @@ from typing import Any
 
 import keras
 import mlflow
-from omegaconf import DictConfig
 
 from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops import cluster, nesting, resume, tracking
 from fmnist_mlops.callbacks import EPOCH_METRICS
-from fmnist_mlops.context import StageContext, open_stage
+from fmnist_mlops.context import StageContext
 from fmnist_mlops.errors import Interrupted, TrainingDiverged
 from fmnist_mlops.fitting import fit, weights_sha256
 from fmnist_mlops.folders import writable_dir
@@ -48,7 +47,7 @@ def _write_history(hist: dict[str, list[float]], path: Path) -> None:
 
 
 def train(
-    cfg: DictConfig,
+    ctx: StageContext,
     tags: dict[str, str] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
@@ -58,7 +57,7 @@ def train(
     ``reports/history.{csv,png}`` under ``paths.out`` (a scratch folder when it is null).
 
     Args:
-        cfg: The composed config.
+        ctx: The stage's context (:func:`~fmnist_mlops.context.open_stage`).
         tags: Extra tags for the new MLflow run (the tuner nests its trials with them).
         callbacks: Extra Keras callbacks for ``fit`` (the tuner's pruning callback).
 
@@ -66,7 +65,6 @@ def train(
         ``run_id``, ``best_epoch``, ``epochs_trained`` and the best epoch's ``val_loss`` /
         ``val_accuracy``, plus ``out_dir``.
     """
-    ctx = open_stage(cfg)
     config = ctx.config
     role = cluster.role(config.train.distribute)
     paths = config.paths
@@ -81,7 +79,7 @@ def train(
         writable_dir("paths.out", resolve(paths.out))
     tracking.mark_orphaned_runs(ctx.track())
 
-    cfg_hash = resume.config_hash(cfg, splits.meta)
+    cfg_hash = resume.config_hash(ctx.cfg, splits.meta)
     folder, restored = resume.claim(
         resume.backups_root(ctx.tracking_uri),
         cfg_hash,

@@ -368,7 +368,7 @@ def _train_trial(
     }
     try:
         cfg = compose([*base_overrides, *trial_overrides])
-        result = train(cfg, tags=tags, callbacks=[pruning])
+        result = train(open_stage(cfg), tags=tags, callbacks=[pruning])
     except Exception as exc:  # a bad point of the space; the study goes on
         log.error("tune: trial %d failed: %s", trial.number, exc)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
