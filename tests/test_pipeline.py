@@ -297,8 +297,10 @@ def _training_process(name: str, timeout: float = 300):
     raise AssertionError(f"experiment {name} never started training")
 
 
-def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, read_only_rows_fn):
-    """`dvc exp run --queue` x4, `dvc queue start -j 2`, SIGINT to one experiment's training:
+def test_three_queued_experiments_on_two_workers_one_interrupted(
+    smoke_project, read_only_rows_fn
+):
+    """`dvc exp run --queue` x3, `dvc queue start -j 2`, SIGINT to one experiment's training:
     two train at once, only the interrupted run ends KILLED, the others finish without touching
     each other's backups, each run is recorded once in the SQLite store, and the registry holds
     exactly the finished ones."""
@@ -306,7 +308,7 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
 
     project = smoke_project
     before = {r.info.run_id for r in runs(project)}
-    names = [f"q4-{seed}" for seed in (41, 42, 43, 44)]
+    names = [f"q3-{seed}" for seed in (41, 42, 43)]
     for name in names:
         # The first is interrupted after its first epoch: it must still be training then.
         epochs = 200 if name == names[0] else 6
@@ -328,7 +330,7 @@ def test_four_queued_experiments_on_two_workers_one_interrupted(smoke_project, r
         time.sleep(0.5)
     victim.send_signal(signal.SIGINT)
     status = wait_queue(project, 900)
-    assert status.count("Success") >= 3, status
+    assert status.count("Success") >= 2, status
     baseline = sh(project, "git", "rev-parse", "HEAD").stdout.strip()
     recorded = _exp_show(project)
 
@@ -433,8 +435,8 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
         "-m",
         "fmnist_mlops.params",
         "+experiment=smoke",
-        "train.epochs=40",
-        "train.patience=40",
+        "train.epochs=20",
+        "train.patience=20",
         "train.batch_size=16",
         f"seed={seed}",
     )
@@ -484,7 +486,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
     run = client_for(project).get_run(killed.info.run_id)
     assert run.info.status == "FINISHED" and "resumed_after_epoch" in run.data.tags
     steps = [m.step for m in client_for(project).get_metric_history(run.info.run_id, "val_loss")]
-    assert steps == list(range(40))
+    assert steps == list(range(20))
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert metrics["run_id"] == killed.info.run_id
 
