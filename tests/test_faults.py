@@ -153,3 +153,24 @@ def test_a_signal_whose_raise_was_lost_still_stops_training(tmp_path, smoke_prep
     client, run = only_run(cfg.mlflow.tracking_uri)
     assert run.info.status == "KILLED"
     assert client.search_registered_models() == []
+
+
+def test_a_signal_inside_a_store_call_is_held_back_until_the_call_returns():
+    """A raise inside SQLAlchemy can leave a SQLite transaction open: the run could not be
+    marked KILLED ("database is locked"). Such a signal is noted and raised at the next check."""
+    import sys
+
+    from fmnist_mlops import cli, errors
+
+    store_code = {"__name__": "sqlalchemy.engine.example"}
+    exec("import sys\ndef call(fn):\n    return fn(sys._getframe())\n", store_code)
+    errors._received.clear()
+    try:
+        store_code["call"](lambda frame: cli._raise_interrupted(15, frame))  # no raise here
+        assert errors._received == [15]
+        with pytest.raises(errors.Interrupted):
+            errors.raise_if_interrupted()
+        with pytest.raises(errors.Interrupted):  # anywhere else: at once
+            cli._raise_interrupted(2, sys._getframe())
+    finally:
+        errors._received.clear()

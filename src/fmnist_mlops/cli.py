@@ -18,7 +18,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fmnist_mlops.errors import Interrupted, ProjectError, note_signal
+from fmnist_mlops.errors import (
+    Interrupted,
+    ProjectError,
+    inside_store_call,
+    note_signal,
+    raise_if_interrupted,
+)
 
 # A plain `pip install -e .` on Linux x86_64 has no TensorFlow: the build is an extra there.
 MISSING_TF = (
@@ -77,6 +83,8 @@ def skip_exit_collection() -> None:
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     note_signal(signum)
+    if inside_store_call(frame):
+        return  # raised at the next check: a batch's end, or when the stage returns
     raise Interrupted(signum)
 
 
@@ -148,6 +156,7 @@ def run(
     try:
         die_with_parent()
         result = fn(cfg)
+        raise_if_interrupted()  # a signal that arrived inside a store call and was held back
     except Exception as exc:
         if on_error is None:
             sys.exit(fail(stage, exc))

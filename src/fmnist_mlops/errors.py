@@ -1,5 +1,7 @@
 """Errors a user can fix: entry points print them as one line and exit non-zero."""
 
+from typing import Any
+
 
 class ProjectError(Exception):
     """Base class for errors caused by input (data, config, registry state), not by bugs."""
@@ -52,6 +54,21 @@ _received: list[int] = []
 def note_signal(signum: int) -> None:
     """Remember that ``signum`` arrived (called by the entry points' signal handler)."""
     _received.append(signum)
+
+
+# Code that talks to the tracking store. A raise inside it can leave a SQLite transaction open
+# on a connection the traceback still holds: marking the run KILLED then fails with "database
+# is locked" and the run stays RUNNING (seen when SIGTERM met an epoch's metrics write).
+_STORE_CODE = ("sqlalchemy.", "alembic.", "mlflow.store.")
+
+
+def inside_store_call(frame: Any) -> bool:
+    """Whether ``frame`` (where a signal interrupted the program) is inside store code."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORE_CODE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def raise_if_interrupted() -> None:

@@ -18,7 +18,7 @@ from fmnist_mlops import callbacks as callbacks_lib
 from fmnist_mlops import cluster, nesting, resume, tracking
 from fmnist_mlops.callbacks import EPOCH_METRICS
 from fmnist_mlops.context import StageContext
-from fmnist_mlops.errors import Interrupted, TrainingDiverged
+from fmnist_mlops.errors import Interrupted, TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.fitting import fit, weights_sha256
 from fmnist_mlops.folders import writable_dir
 from fmnist_mlops.model_logging import log_served_model
@@ -132,6 +132,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             record, summary, fit_seconds = _tracked_training(
                 ctx, out, run, spec, restored, callbacks
             )
+            raise_if_interrupted()  # held back during a store call: the run is not finished
         except Interrupted:
             mlflow.end_run(status="KILLED")
             log.warning(
