@@ -12,12 +12,21 @@ from fmnist_mlops.cli import entry, run  # noqa: E402
 
 
 def stage(cfg: DictConfig, overrides: list[str]):
-    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+    """Validate first, then import the stage: bad input and ``--help`` never load TensorFlow.
+
+    Both the tuner's settings and the project config its trials start from are checked.
+    """
+    from fmnist_mlops.config import compose, project_overrides, validate_tune
+    from fmnist_mlops.context import open_stage
+
+    tune_cfg = validate_tune(cfg.tune)
+    base = project_overrides(overrides)
+    ctx = open_stage(compose(base))
     from fmnist_mlops.stages import promote_child
     from fmnist_mlops.training import train
     from fmnist_mlops.tuning import tune
 
-    return tune(cfg, overrides, train, promote_child)
+    return tune(ctx, tune_cfg, base, train, promote_child)
 
 
 @hydra.main(config_path="../conf", config_name="tune", version_base=None)

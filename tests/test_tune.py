@@ -222,7 +222,7 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
 def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, smoke_prepared):
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.config import compose
+    from fmnist_mlops.config import compose, validate_tune
     from fmnist_mlops.stages import promote_child
     from fmnist_mlops.tuning import TuningFailed, tune
 
@@ -232,15 +232,14 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
         f"paths.scratch={tmp_path / 'scratch'}",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
-    cfg = compose(overrides)
     tune_cfg = OmegaConf.load(ROOT / "conf" / "tune" / "default.yaml")
     tune_cfg.n_trials = 2
     # kernel_size 9 is outside the schema's [1, 7]: every trial fails its validation.
     tune_cfg.space = {"model.kernel_size": {"type": "categorical", "choices": [9]}}
-    OmegaConf.set_struct(cfg, False)
-    cfg.tune = tune_cfg
     try:
-        tune(cfg, overrides, train, promote_child)
+        tune(
+            open_stage(compose(overrides)), validate_tune(tune_cfg), overrides, train, promote_child
+        )
     except TuningFailed as exc:
         assert "2 failed" in str(exc)
     else:

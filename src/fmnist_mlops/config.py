@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import project_root
-from fmnist_mlops.schema import Config
+from fmnist_mlops.schema import Config, TuneCfg
 
 
 def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> DictConfig:
@@ -77,3 +78,56 @@ def validate(cfg: DictConfig) -> Config:
     if problem:
         raise ConfigError(problem)
     return typed
+
+
+# The kinds of search-space entries the tuner samples (``tune.space.<key>.type``).
+DIST_TYPES = ("categorical", "float", "int")
+
+
+def project_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides of a ``tune`` command line that belong to the project config.
+
+    ``tune.*`` overrides are the tuner's own; every trial composes its config from the rest
+    plus its sampled values.
+    """
+    return [o for o in overrides if not o.lstrip("+~").startswith("tune")]
+
+
+def validate_tune(tune_cfg: Any) -> TuneCfg:
+    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error.
+
+    Returns:
+        The typed ``tune`` config the tuner reads from then on.
+    """
+    from pydantic import ValidationError
+
+    from fmnist_mlops.schema import TuneConfig, first_error
+
+    data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
+    try:
+        typed = TuneConfig.model_validate(data).tune
+    except ValidationError as exc:
+        raise ConfigError(first_error(data, exc, TuneConfig)) from None
+    check_space(typed.space)
+    return typed
+
+
+def check_space(space: Any) -> None:
+    """Fail with one line on a malformed search-space entry."""
+    if not space:
+        raise ConfigError("tune.space is empty: expected at least one key to search")
+    for key, spec in space.items():
+        kind = spec.get("type")
+        if kind not in DIST_TYPES:
+            raise ConfigError(
+                f"tune.space.{key}.type={kind!r} is invalid: expected one of {DIST_TYPES}"
+            )
+        if kind == "categorical" and not spec.get("choices"):
+            raise ConfigError(f"tune.space.{key}.choices is missing: expected a non-empty list")
+        if kind in ("float", "int"):
+            low, high = spec.get("low"), spec.get("high")
+            if low is None or high is None or not low < high:
+                raise ConfigError(
+                    f"tune.space.{key}: low={low!r}, high={high!r} is invalid: "
+                    "expected numbers with low < high"
+                )

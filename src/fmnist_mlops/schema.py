@@ -153,7 +153,7 @@ class PrunerCfg(_Strict):
 
 
 class TuneCfg(_Strict):
-    """The Optuna study (``conf/tune``); ``space`` is checked by ``tuning.check_space``."""
+    """The Optuna study (``conf/tune``); ``space`` is checked by ``config.check_space``."""
 
     study_name: str = _f("a non-empty name", min_length=1)
     storage: str | None = _f("null (optuna.db next to mlflow.db) or an RDB URL")

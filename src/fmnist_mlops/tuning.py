@@ -25,11 +25,10 @@ import keras
 import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import nesting, tracking
 from fmnist_mlops.config import compose
-from fmnist_mlops.context import open_stage
+from fmnist_mlops.context import StageContext, open_stage
 from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.paths import sqlite_dir, store_root
 from fmnist_mlops.registry import registry_lock
@@ -38,7 +37,6 @@ from fmnist_mlops.schema import RegistryCfg, TuneCfg
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
-DIST_TYPES = ("categorical", "float", "int")
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -59,46 +57,6 @@ def _override_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value).replace(" ", "")
-
-
-def validate_tune(tune_cfg: Any) -> TuneCfg:
-    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error.
-
-    Returns:
-        The typed ``tune`` config the tuner reads from then on.
-    """
-    from pydantic import ValidationError
-
-    from fmnist_mlops.schema import TuneConfig, first_error
-
-    data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
-    try:
-        typed = TuneConfig.model_validate(data).tune
-    except ValidationError as exc:
-        raise ConfigError(first_error(data, exc, TuneConfig)) from None
-    check_space(typed.space)
-    return typed
-
-
-def check_space(space: Any) -> None:
-    """Fail with one line on a malformed search-space entry."""
-    if not space:
-        raise ConfigError("tune.space is empty: expected at least one key to search")
-    for key, spec in space.items():
-        kind = spec.get("type")
-        if kind not in DIST_TYPES:
-            raise ConfigError(
-                f"tune.space.{key}.type={kind!r} is invalid: expected one of {DIST_TYPES}"
-            )
-        if kind == "categorical" and not spec.get("choices"):
-            raise ConfigError(f"tune.space.{key}.choices is missing: expected a non-empty list")
-        if kind in ("float", "int"):
-            low, high = spec.get("low"), spec.get("high")
-            if low is None or high is None or not low < high:
-                raise ConfigError(
-                    f"tune.space.{key}: low={low!r}, high={high!r} is invalid: "
-                    "expected numbers with low < high"
-                )
 
 
 def sample(trial: optuna.Trial, space: Any) -> list[str]:
@@ -240,17 +198,19 @@ def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> dict[s
 
 
 def tune(
-    cfg: DictConfig,
-    overrides: Sequence[str],
+    ctx: StageContext,
+    tune_cfg: TuneCfg,
+    base_overrides: Sequence[str],
     train: Callable[..., dict[str, Any]],
     promote_child: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
     """Run (or resume) the study; promote its best trial.
 
     Args:
-        cfg: The composed ``tune`` config: the project config plus ``tune``.
-        overrides: The command line's overrides; every trial composes its config from them
-            plus its sampled values (``tune.*`` overrides are the tuner's own).
+        ctx: The context of the project config the trials start from (its store, registry).
+        tune_cfg: The tuner's validated settings (``config.validate_tune``).
+        base_overrides: The command line's project overrides (``config.project_overrides``);
+            every trial composes its config from them plus its sampled values.
         train: Trains one trial (``training.train``); handed in by ``src/tune.py`` so the
             tuner stays below the training stage in the layers.
         promote_child: Evaluates the best trial and applies the promotion rule
@@ -259,11 +219,9 @@ def tune(
     Returns:
         Counts of trials, the best trial, its MLflow run and the registry decision.
     """
-    tune_cfg = validate_tune(cfg.tune)
     # Each trial loads its logged model once to check it; TF calls that "retracing".
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    base_overrides = [o for o in overrides if not o.lstrip("+~").startswith("tune")]
-    ctx = open_stage(compose(base_overrides))
+    base_overrides = list(base_overrides)
     reg = ctx.config.registry
     url = storage_url(tune_cfg, ctx.tracking_uri)
     # Tuners started at once on one study must agree on it and on one parent run: the first
