@@ -23,6 +23,8 @@ LIGHT = {
     "evaluate refusing registry.mode=up": ("src/evaluate.py", ["registry.mode=up"]),
     "register refusing data.val_split=2": ("src/register.py", ["data.val_split=2"]),
     "report refusing seed=-1": ("src/report.py", ["seed=-1"]),
+    "tune refusing seed=-1": ("src/tune.py", ["seed=-1"]),
+    "tune refusing tune.n_trials=0": ("src/tune.py", ["tune.n_trials=0"]),
 }
 
 
