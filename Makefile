@@ -22,7 +22,7 @@ N ?= 2
 MODEL_URI = $(shell $(BIN)/python -c 'from fmnist_mlops.config import champion_uri; print(champion_uri())')
 
 .DEFAULT_GOAL := help
-.PHONY: help python-check install data test-deps params check-params repro test test-fast lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean train-workers
+.PHONY: help python-check install data test-deps params check-params repro test test-fast test-integration lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean train-workers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,11 +69,18 @@ check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
 repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+ promotion)
 	source $(BIN)/activate && dvc repro
 
-test: $(STAMP) test-deps ## Run every test, the slow real-data pipeline ones included
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "slow or not slow"
+# Two test processes: most tests wait on subprocesses, servers and stores, so two overlap well
+# on two cores; tests sharing a module's server or project stay in one process (xdist_group).
+PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-test-fast: $(STAMP) ## Run the fast tests only (no full pipeline)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; about 20 min)
+	$(PYTEST) --durations=25
+
+test-fast: $(STAMP) data ## The fast tier: pure code and command contracts (~2 min; run it after every edit)
+	$(PYTEST) -m "not integration and not slow"
+
+test-integration: $(STAMP) test-deps ## The middle tier: smoke trainings, local servers and stores
+	$(PYTEST) -m integration
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks deploy tools && $(BIN)/ruff format --check src tests benchmarks deploy tools

@@ -1,18 +1,27 @@
-"""Shared fixtures: real data, shrunk configs (``+experiment=smoke``), temporary stores."""
+"""Shared fixtures: real data, shrunk configs (``+experiment=smoke``), temporary stores.
+
+What takes a training to make (the smoke split, a registered champion, weak and strong runs,
+a backup) is built once per test session, even across pytest-xdist's worker processes, and
+each test that changes it gets its own copy (:func:`helpers.clone_store`).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import (
     ROOT,
+    clone_store,
     copy_project,
     free_port,
+    pipeline,
     read_only_rows,
     require_real_data,
     smoke_config,
@@ -21,6 +30,61 @@ from helpers import (
 from omegaconf import open_dict
 
 from fmnist_mlops.config import compose
+from fmnist_mlops.paths import file_lock
+
+HEAVY_AT_COLLECTION = ("tensorflow", "keras")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Collecting a test module must not import TensorFlow: the fast tier stays fast.
+
+    A module that needs it imports it inside its tests or fixtures.
+    """
+    before = [m for m in HEAVY_AT_COLLECTION if m in sys.modules]
+    report = yield
+    if isinstance(collector, pytest.Module) and not before:
+        pulled = [m for m in HEAVY_AT_COLLECTION if m in sys.modules]
+        if pulled:
+            raise pytest.UsageError(
+                f"{collector.path.name} imports {pulled[0]} when collected: import it inside "
+                "the tests or fixtures that need it"
+            )
+    return report
+
+
+TIERS = ("integration", "slow")  # unmarked: the fast tier (pyproject.toml)
+
+
+def pytest_collection_modifyitems(items):
+    """A test belongs to one tier: ``integration`` and ``slow`` together would be ambiguous."""
+    both = [i.nodeid for i in items if all(i.get_closest_marker(t) for t in TIERS)]
+    if both:
+        raise pytest.UsageError(f"marked both integration and slow: {both}")
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``build_once(name, build)``: the folder ``build`` filled, once per test session.
+
+    Under pytest-xdist every worker has its own base temp folder inside the session's; the
+    session's is shared, and a file lock lets the first worker build while the others wait.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+
+    def once(name: str, build: Callable[[Path], None]) -> Path:
+        folder = root / name
+        done = root / f"{name}.built"
+        with file_lock(root / f"{name}.lock"):
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                build(folder)
+                done.touch()
+        return folder
+
+    return once
 
 
 @pytest.fixture(scope="session")
@@ -60,23 +124,84 @@ def read_only_rows_fn():
 
 
 @pytest.fixture(scope="session")
-def smoke_prepared(tmp_path_factory) -> Path:
-    """The smoke split of the real data, prepared once per session."""
+def smoke_prepared(build_once) -> Path:
+    """The smoke split of the real data, prepared once per session (never written to)."""
     require_real_data()
-    from fmnist_mlops.preparation import prepare
 
-    folder = tmp_path_factory.mktemp("smoke-data") / "prepared"
-    cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")
-    with open_dict(cfg):
-        cfg.paths.prepared = str(folder)
-    prepare(cfg)
-    return folder
+    def build(folder: Path) -> None:
+        from fmnist_mlops.preparation import prepare
+
+        cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")
+        with open_dict(cfg):
+            cfg.paths.prepared = str(folder / "prepared")
+        prepare(cfg)
+
+    return build_once("smoke-data", build) / "prepared"
 
 
 @pytest.fixture
 def smoke_cfg(tmp_path, smoke_prepared):
     """A tiny real config writing only under ``tmp_path``."""
     return smoke_config(tmp_path, smoke_prepared)
+
+
+@pytest.fixture(scope="session")
+def champion_template(build_once, smoke_prepared) -> Path:
+    """A smoke store whose one run was trained, evaluated and promoted to @champion."""
+
+    def build(folder: Path) -> None:
+        from fmnist_mlops.context import open_stage
+        from fmnist_mlops.promotion import promote
+
+        cfg = pipeline(folder, smoke_prepared, f"sqlite:///{folder / 'mlflow.db'}")
+        assert promote(open_stage(cfg))["promote"]
+
+    return build_once("champion", build)
+
+
+@pytest.fixture(scope="session")
+def shared_champion(champion_template, smoke_prepared):
+    """The config of :func:`champion_template` itself, for tests that only read it (serving)."""
+    return smoke_config(champion_template, smoke_prepared)
+
+
+@pytest.fixture
+def champion(champion_template, smoke_prepared, tmp_path):
+    """The config of this test's own copy of :func:`champion_template`."""
+    return smoke_config(clone_store(champion_template, tmp_path / "champion"), smoke_prepared)
+
+
+# Runs in one store, each trained and evaluated, none registered: (overrides).
+RUNS = {
+    "weak": ("train.epochs=1",),
+    "strong": ("train.epochs=2",),  # beats the weak one on this seed
+    "other": ("train.epochs=1", "seed=5"),
+}
+
+
+@pytest.fixture(scope="session")
+def runs_template(build_once, smoke_prepared) -> Path:
+    """:data:`RUNS` in one store (``mlflow.db``), each with its outputs in its own folder."""
+
+    def build(folder: Path) -> None:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        for name, overrides in RUNS.items():
+            pipeline(folder / name, smoke_prepared, uri, *overrides)
+
+    return build_once("runs", build)
+
+
+@pytest.fixture
+def trained_runs(runs_template, smoke_prepared, tmp_path) -> dict:
+    """This test's own copy of :func:`runs_template`: {name: its config}."""
+    folder = clone_store(runs_template, tmp_path / "runs")
+    configs = {}
+    for name, overrides in RUNS.items():
+        cfg = smoke_config(folder / name, smoke_prepared, *overrides)
+        with open_dict(cfg):
+            cfg.mlflow.tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+        configs[name] = cfg
+    return configs
 
 
 @pytest.fixture

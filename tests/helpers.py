@@ -1,7 +1,13 @@
-"""Plain helpers the tests share (fixtures live in conftest.py, which tests never import)."""
+"""Plain helpers the tests share (fixtures live in conftest.py, which tests never import).
+
+Nothing here imports TensorFlow when loaded: the stage functions below import theirs when
+first called, so collecting the tests stays fast (conftest.py refuses a module that does).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -20,6 +26,147 @@ from fmnist_mlops.model_server import running as http_process  # noqa: F401 - fo
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
 PIPELINE_OUTPUT_DIRS = ("data", "models", "reports")
+
+
+def load_script(relative: str):
+    """A script of the checkout (``tools/targets.py``) as a module, without touching sys.path."""
+    path = ROOT / relative
+    name = "script_" + "_".join(Path(relative).with_suffix("").parts)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# --- the stages, imported on first call ------------------------------------------------------
+
+
+def train(ctx, **kwargs):
+    """:func:`fmnist_mlops.training.train`."""
+    from fmnist_mlops.training import train as run
+
+    return run(ctx, **kwargs)
+
+
+def evaluate(ctx, **kwargs):
+    """:func:`fmnist_mlops.evaluation.evaluate`."""
+    from fmnist_mlops.evaluation import evaluate as run
+
+    return run(ctx, **kwargs)
+
+
+def fit(*args, **kwargs):
+    """:func:`fmnist_mlops.fitting.fit`."""
+    from fmnist_mlops.fitting import fit as run
+
+    return run(*args, **kwargs)
+
+
+def build_report(ctx, **kwargs):
+    """:func:`fmnist_mlops.reporting.build_report`."""
+    from fmnist_mlops.reporting import build_report as run
+
+    return run(ctx, **kwargs)
+
+
+def evaluate_and_promote(ctx, **kwargs):
+    """:func:`fmnist_mlops.stages.evaluate_and_promote`."""
+    from fmnist_mlops.stages import evaluate_and_promote as run
+
+    return run(ctx, **kwargs)
+
+
+def pipeline(tmp: Path, prepared: Path, uri: str, *overrides: str):
+    """Train and evaluate a smoke model into the store at ``uri``; its config."""
+    from fmnist_mlops.context import open_stage
+
+    cfg = smoke_config(tmp, prepared, *overrides)
+    with open_dict(cfg):
+        cfg.mlflow.tracking_uri = uri
+    train(open_stage(cfg))
+    evaluate(open_stage(cfg))
+    return cfg
+
+
+def start_register(cfg, prepared: Path, uri: str, lock_url: str | None = None):
+    """A real `python src/register.py` for the model that ``cfg``'s pipeline trained."""
+    cmd = [
+        sys.executable,
+        "src/register.py",
+        "+experiment=smoke",
+        f"paths.out={cfg.paths.out}",
+        f"paths.prepared={prepared}",
+        f"paths.scratch={cfg.paths.scratch}",
+        f"mlflow.tracking_uri={uri}",
+    ]
+    if lock_url:
+        cmd.append(f"registry.lock_url={lock_url}")
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def race_promotions(runs: dict, prepared: Path, lock_url: str | None = None):
+    """Two processes promote the weak and the strong model of ``runs`` at once; returns the
+    client, the champion and the strong model's run id."""
+    from mlflow.tracking import MlflowClient
+
+    weak, strong = runs["weak"], runs["strong"]
+    uri = strong.mlflow.tracking_uri
+    procs = [start_register(c, prepared, uri, lock_url) for c in (weak, strong)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    client = MlflowClient(uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    strong_run = json.loads((Path(strong.paths.out) / "models/run.json").read_text())["run_id"]
+    return client, champion, strong_run
+
+
+# The smallest network that still trains: for tests of signals, resuming and the reaper, which
+# need a training process, not a good model.
+TINY_MODEL = ("model.filters=[8]", "model.dense_units=16")
+
+
+def training_command(tmp_path: Path, prepared: Path, epochs: int = 200, *args: str):
+    """A `python src/train.py` command of the tiny model on the smoke split, ``epochs`` long
+    (patience as long: it is not stopped early), and its store's URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "+experiment=smoke",
+        *TINY_MODEL,
+        f"train.epochs={epochs}",
+        f"train.patience={epochs}",
+        "train.batch_size=16",
+        f"paths.prepared={prepared}",
+        f"paths.scratch={tmp_path / 'scratch'}",
+        f"mlflow.tracking_uri={uri}",
+        *args,
+    ]
+    return cmd, uri
+
+
+def start_training(tmp_path: Path, prepared: Path, epochs: int = 200, *args: str):
+    """:func:`training_command` started, once it has logged its first epoch: (process, URI)."""
+    import time
+
+    cmd, uri = training_command(tmp_path, prepared, epochs, *args)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until an epoch has been logged
+        if read_only_rows(tmp_path / "mlflow.db", "select 1 from metrics where key='val_loss'"):
+            return proc, uri
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail("training never logged an epoch")
 
 
 def require_real_data() -> Path:
@@ -79,6 +226,43 @@ def copy_project(dest: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
     return dest
+
+
+def clone_store(src: Path, dst: Path, *, text: bool = True) -> Path:
+    """Copy a folder of MLflow stores and outputs as if it had been made at ``dst``.
+
+    Stores and run records hold absolute paths (artifact locations, output folders): every
+    mention of ``src`` in a SQLite table (and, with ``text``, in a small text file) becomes
+    ``dst``, so the copy is independent and nothing written through it lands in the original.
+    A DVC project is cloned with ``text=False``: its tracked outputs must keep their hashes.
+    """
+    shutil.copytree(src, dst, symlinks=True)
+    old, new = str(src), str(dst)
+    for path in dst.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.suffix == ".db":
+            _rewrite_sqlite(path, old, new)
+        elif text and path.stat().st_size < 1 << 20:
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:
+                continue
+            if old in text:
+                path.write_text(text.replace(old, new))
+    return dst
+
+
+def _rewrite_sqlite(path: Path, old: str, new: str) -> None:
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+        for table in tables:
+            for column in [r[1] for r in db.execute(f'pragma table_info("{table}")')]:
+                db.execute(
+                    f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
+                    f'where instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
 
 
 def yaml_dict(path: Path) -> dict:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from omegaconf import OmegaConf
-
-from fmnist_mlops.augment import augment_batch, batch_transform, enabled
-from fmnist_mlops.feed import batches_per_epoch, training_batches
 
 
 def aug(**kw):
@@ -23,17 +19,25 @@ def images():
     return x
 
 
-SEED = tf.constant([1, 2], tf.int64)
+def augmented(images: np.ndarray, **kw) -> np.ndarray:
+    """``images`` through :func:`augment_batch` with the settings ``kw`` and a fixed seed."""
+    import tensorflow as tf
+
+    from fmnist_mlops.augment import augment_batch
+
+    return augment_batch(tf.constant(images), tf.constant([1, 2], tf.int64), aug(**kw)).numpy()
 
 
 def test_off_means_nothing_changes(images):
+    from fmnist_mlops.augment import enabled
+
     assert not enabled(aug()) and not enabled(None)
-    out = augment_batch(tf.constant(images), SEED, aug()).numpy()
+    out = augmented(images)
     np.testing.assert_array_equal(out, images)
 
 
 def test_flip_mirrors_about_half_the_images_left_right(images):
-    out = augment_batch(tf.constant(images), SEED, aug(flip=True)).numpy()
+    out = augmented(images, flip=True)
     flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
     same = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
     assert all(f or s for f, s in zip(flipped, same, strict=True))
@@ -41,7 +45,7 @@ def test_flip_mirrors_about_half_the_images_left_right(images):
 
 
 def test_shift_translates_within_the_limit_and_keeps_the_garment(images):
-    out = augment_batch(tf.constant(images), SEED, aug(shift=0.1)).numpy()  # up to 3 px
+    out = augmented(images, shift=0.1)  # up to 3 px
     moved = 0
     for o, i in zip(out, images, strict=True):
         # The block stays whole (it is >= 6 px from every edge): same pixels, same sum.
@@ -55,7 +59,7 @@ def test_shift_translates_within_the_limit_and_keeps_the_garment(images):
 
 
 def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
-    out = augment_batch(tf.constant(images), SEED, aug(erase=0.5)).numpy()
+    out = augmented(images, erase=0.5)
     changed = 0
     for o, i in zip(out, images, strict=True):
         diff = np.argwhere(o != i)
@@ -71,6 +75,9 @@ def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
 
 def epochs_of(x, y, batch_size, seed, cfg, n_epochs):
     """The first ``n_epochs`` epochs of the endless training dataset, as lists of batches."""
+    from fmnist_mlops.augment import batch_transform
+    from fmnist_mlops.feed import batches_per_epoch, training_batches
+
     ds = training_batches(x, y, batch_size, seed, batch_transform(cfg))
     steps = batches_per_epoch(len(x), batch_size)
     it = iter(ds)

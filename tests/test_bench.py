@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, load_script
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
 SEED_TEXT = ROOT / "benchmarks" / "seed_tutorial.md"  # the tutorial, as received
 # The only edits allowed: the tutorial's typos, and the one call Keras 3 refuses.
 FIXES = {
@@ -35,7 +33,7 @@ def test_seed_recipe_is_the_tutorial_with_typos_fixed_only():
 
 
 def test_flop_count_of_the_reference_cnn():
-    from training import train_mflop_per_image
+    train_mflop_per_image = load_script("benchmarks/training.py").train_mflop_per_image
 
     forward, training = train_mflop_per_image()
     # conv1 0.45 + conv2 7.23 + dense 0.63 + output 0.002 MFLOP; backward = 2x forward, minus
@@ -45,7 +43,8 @@ def test_flop_count_of_the_reference_cnn():
 
 
 def test_runs_that_never_reach_the_target_count_as_slowest():
-    from training import _fmt, _mid
+    _fmt = load_script("benchmarks/training.py")._fmt
+    _mid = load_script("benchmarks/training.py")._mid
 
     assert _fmt(_mid([None, None, 80.0])) == "never (2 of 3 runs)"
     stat = _mid([10.0, None, 30.0])
@@ -55,7 +54,7 @@ def test_runs_that_never_reach_the_target_count_as_slowest():
 
 
 def test_ratios_are_taken_within_each_repeat():
-    from training import per_repeat_ratios
+    per_repeat_ratios = load_script("benchmarks/training.py").per_repeat_ratios
 
     def run(to_92, to_91, per_epoch, wall):
         return {
@@ -78,7 +77,7 @@ def test_ratios_are_taken_within_each_repeat():
 
 
 def test_an_epochs_flops_count_its_validation_forwards():
-    from training import epoch_gflop
+    epoch_gflop = load_script("benchmarks/training.py").epoch_gflop
 
     # 48,000 training images at 24.47 MFLOP, 12,000 validation images at 8.306 MFLOP each.
     assert epoch_gflop(24.47, 8.306) == pytest.approx(1174.56 + 99.67, abs=0.01)

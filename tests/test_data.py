@@ -212,6 +212,7 @@ def real_prepared(tmp_path_factory):
     return out, meta, cfg
 
 
+@pytest.mark.xdist_group("real-split")  # prepared once, by the module fixture
 def test_real_data_verifies_and_splits_stratified(real_prepared):
     out, meta, _ = real_prepared
     assert meta["sha256"] == {s.key: s.sha256 for s in SPECS}
@@ -226,6 +227,7 @@ def test_real_data_verifies_and_splits_stratified(real_prepared):
     assert np.array_equal(splits.x_test, test_images)
 
 
+@pytest.mark.xdist_group("real-split")
 def test_corrupt_source_fails_before_anything_is_written(real_prepared, tmp_path):
     out, _, cfg = real_prepared
     before = {p.name: p.read_bytes() for p in out.iterdir()}

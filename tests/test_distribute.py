@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT, venv_env
 from mlflow.tracking import MlflowClient
 
@@ -33,6 +34,7 @@ def train_cli(tmp_path, prepared, *overrides: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_mirrored_over_two_cpu_devices_trains_and_logs_like_the_default(tmp_path, smoke_prepared):
     default = train_cli(tmp_path, smoke_prepared)
     mirrored = train_cli(

@@ -9,13 +9,13 @@ import sys
 
 import optuna
 import pytest
+from helpers import train
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from fmnist_mlops import nesting, sweep, tracking
 from fmnist_mlops.config import validate
 from fmnist_mlops.context import open_stage
-from fmnist_mlops.training import train
 
 SCRIPTS = "src"
 
@@ -56,6 +56,7 @@ def adhoc_cfg(smoke_cfg, tmp_path, *, seed: int = 42, epochs: int = 2, lr: float
     return cfg
 
 
+@pytest.mark.integration
 def test_ad_hoc_runs_write_into_the_configured_scratch_with_an_owner(smoke_cfg, tmp_path):
     result = train(open_stage(adhoc_cfg(smoke_cfg, tmp_path, epochs=1)))
     out = tmp_path / "scratch"
@@ -115,6 +116,7 @@ def test_evaluate_register_report_rollback_by_run_id_with_every_scratch_folder_g
     assert champion.run_id == weak["run_id"]
 
 
+@pytest.mark.integration
 def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
     smoke_cfg, tmp_path, monkeypatch
 ):

@@ -6,59 +6,17 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import ROOT, smoke_config, venv_env
+from helpers import ROOT, smoke_config, start_training, train, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import errors, tracking
 from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import TrainingDiverged
-from fmnist_mlops.training import train
-
-
-def start_training(
-    tmp_path: Path, prepared: Path, epochs: int = 200
-) -> tuple[subprocess.Popen, str]:
-    """A real `python src/train.py` that trains long enough to be interrupted."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [
-        sys.executable,
-        "src/train.py",
-        "+experiment=smoke",
-        f"train.epochs={epochs}",
-        f"train.patience={epochs}",
-        "train.batch_size=16",
-        f"paths.prepared={prepared}",
-        f"paths.scratch={tmp_path / 'scratch'}",
-        f"mlflow.tracking_uri={uri}",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    db = tmp_path / "mlflow.db"
-    while time.monotonic() < deadline:  # wait until an epoch has been logged
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    if con.execute("select count(*) from metrics where key='val_loss'").fetchone()[
-                        0
-                    ]:
-                        return proc, uri
-            except sqlite3.OperationalError:
-                pass
-        if proc.poll() is not None:
-            pytest.fail(f"training ended early: {proc.communicate()[1][-2000:]}")
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail("training never logged an epoch")
 
 
 def only_run(uri: str):
@@ -69,6 +27,7 @@ def only_run(uri: str):
     return client, run
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_marks_run_killed(tmp_path, smoke_prepared, sig, code):
     proc, uri = start_training(tmp_path, smoke_prepared)
@@ -81,6 +40,7 @@ def test_signal_during_training_marks_run_killed(tmp_path, smoke_prepared, sig, 
     assert client.search_registered_models() == []
 
 
+@pytest.mark.integration
 def test_sigkilled_run_is_marked_killed_by_the_next_start(tmp_path, smoke_prepared):
     proc, uri = start_training(tmp_path, smoke_prepared)
     proc.send_signal(signal.SIGKILL)
@@ -107,6 +67,7 @@ def test_sigkilled_run_is_marked_killed_by_the_next_start(tmp_path, smoke_prepar
     client.set_terminated(other.info.run_id)
 
 
+@pytest.mark.integration
 def test_nan_loss_fails_the_run_with_a_clear_message(tmp_path, smoke_prepared):
     cfg = smoke_config(tmp_path, smoke_prepared, "train.lr=1e8")
     with pytest.raises(
@@ -118,6 +79,7 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tmp_path, smoke_prepared):
     assert re.search("loss became (nan|inf)", run.data.tags["failure"])
 
 
+@pytest.mark.integration
 def test_nan_loss_exits_non_zero_from_the_command_line(tmp_path, smoke_prepared):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
@@ -142,6 +104,7 @@ def test_nan_loss_exits_non_zero_from_the_command_line(tmp_path, smoke_prepared)
     assert os.path.exists(tmp_path / "mlflow.db")
 
 
+@pytest.mark.integration
 def test_a_signal_whose_raise_was_lost_still_stops_training(tmp_path, smoke_prepared, monkeypatch):
     # The handler raises at once, but that raise can land in library code that drops it; the
     # noted signal must still end training at the next batch, with the run KILLED.

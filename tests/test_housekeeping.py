@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from test_registry import pipeline
 
 from fmnist_mlops import owner
 from fmnist_mlops.context import open_stage
@@ -17,14 +16,14 @@ from fmnist_mlops.promotion import promote
 from fmnist_mlops.resume import CLAIM_FILE
 
 
-def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prepared):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    champion_cfg = pipeline(tmp_path / "champ", smoke_prepared, uri, "train.epochs=1")
+@pytest.mark.integration
+def test_clean_runs_collects_garbage_but_never_the_champion(trained_runs, tmp_path):
+    champion_cfg, other_cfg = trained_runs["weak"], trained_runs["other"]
+    uri = champion_cfg.mlflow.tracking_uri
     assert promote(open_stage(champion_cfg))["promote"]
-    other_cfg = pipeline(tmp_path / "other", smoke_prepared, uri, "train.epochs=1", "seed=5")
     client = MlflowClient(uri, registry_uri=uri)
     champ_run = client.get_model_version_by_alias("fashion-mnist-cnn", "champion").run_id
-    other_run = json.loads((tmp_path / "other/out/models/run.json").read_text())["run_id"]
+    other_run = json.loads((Path(other_cfg.paths.out) / "models/run.json").read_text())["run_id"]
     assert other_run != champ_run and other_cfg
     other_artifacts = client.get_run(other_run).info.artifact_uri.removeprefix("file://")
     experiment_id = client.get_run(other_run).info.experiment_id
@@ -32,9 +31,8 @@ def test_clean_runs_collects_garbage_but_never_the_champion(tmp_path, smoke_prep
         [experiment_id], filter_string=f"source_run_id = '{other_run}'"
     )
     # A registered version that never became champion: its run must survive too.
-    registered_cfg = pipeline(
-        tmp_path / "reg", smoke_prepared, uri, "train.epochs=1", "seed=6", "registry.min_delta=1.0"
-    )
+    registered_cfg = trained_runs["strong"]
+    registered_cfg.registry.min_delta = 1.0
     registered_run = promote(open_stage(registered_cfg))["run_id"]
 
     client.delete_run(other_run)

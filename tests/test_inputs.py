@@ -116,7 +116,6 @@ def test_train_refuses_bad_input_before_anything_is_written(
     assert not (tmp_path / "scratch").exists(), "no scratch folder"
 
 
-@pytest.mark.slow  # one process per entry point
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_entry_point_reports_hydra_errors_in_one_line(
     script, tmp_path, project_root, subprocess_env

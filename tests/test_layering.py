@@ -138,9 +138,9 @@ def test_no_function_is_longer_than_80_lines(project_root):
 
 
 def test_no_script_shadows_a_standard_or_installed_module(project_root):
-    # Tests put tools/, benchmarks/, src/ and deploy/ folders on sys.path, and spawned
-    # processes inherit it: a benchmarks/queue.py once replaced the standard `queue` module
-    # inside every spawned MLflow writer (urllib3 needs queue.LifoQueue).
+    # A script run directly has its folder first on sys.path, and spawned processes inherit
+    # it: a benchmarks/queue.py once replaced the standard `queue` module inside every spawned
+    # MLflow writer (urllib3 needs queue.LifoQueue).
     from importlib.metadata import packages_distributions
 
     taken = set(sys.stdlib_module_names) | set(packages_distributions())
@@ -151,3 +151,26 @@ def test_no_script_shadows_a_standard_or_installed_module(project_root):
         if not skip & set(path.relative_to(project_root).parts) and path.stem in taken
     )
     assert not shadows, f"rename these scripts: {shadows}"
+
+
+def test_test_modules_stand_alone(project_root):
+    """No test module imports another (shared code lives in tests/helpers.py, fixtures in
+    conftest.py) or patches sys.path (scripts are loaded with helpers.load_script)."""
+    import ast
+
+    tests = project_root / "tests"
+    modules = {p.stem for p in tests.glob("test_*.py")} | {"conftest"}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.path":
+                found.append(f"{path.name}:{node.lineno} uses sys.path")
+                continue
+            else:
+                continue
+            found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in modules]
+    assert found == []

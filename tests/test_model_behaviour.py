@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # trains the default model on the real data (about a minute)
+# Trains the default model on the real data (about a minute), once: one test process (xdist).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default-model")]
 
 # Measured on the default champion (seed 42, 13 epochs, test 0.9198) when these tests were
 # written; the tests allow 2 points less. Agreement = same class for an image and its mirror.

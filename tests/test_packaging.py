@@ -15,14 +15,13 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, load_script
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from fmnist_mlops import platforms
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import targets  # noqa: E402
+targets = load_script("tools/targets.py")
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -184,6 +183,7 @@ def test_the_lock_matches_pyproject():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("resolutions")  # resolved once, by the module fixture
 @pytest.mark.parametrize("combo", COMBOS, ids=["-".join(c) for c in COMBOS])
 def test_every_target_and_python_resolves_to_the_lock_with_wheels(resolved, combo):
     target, python, label = combo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, copy_project, require_real_data, venv_env
+from helpers import clone_store, copy_project, load_script, require_real_data, venv_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -44,23 +45,25 @@ def runs(project: Path):
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-@pytest.fixture(scope="module")
-def smoke_project(tmp_path_factory):
+@pytest.fixture(scope="session")
+def reproduced_project(build_once) -> Path:
+    """A fresh-clone-like copy of the project after `dvc repro` of the smoke config (once)."""
     require_real_data()
-    project = copy_project(tmp_path_factory.mktemp("smoke-project"))
-    sh(project, sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke")
-    sh(
-        project,
-        "git",
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@t.invalid",
-        "commit",
-        "-qam",
-        "smoke params",
-    )
-    dvc(project, "repro")
+
+    def build(folder: Path) -> None:
+        project = copy_project(folder)
+        sh(project, sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke")
+        sh(project, "git", "commit", "-qam", "smoke params")
+        dvc(project, "repro")
+
+    return build_once("smoke-project", build)
+
+
+@pytest.fixture
+def smoke_project(reproduced_project, tmp_path) -> Path:
+    """This test's own copy of :func:`reproduced_project`: tests never see each other's work."""
+    project = clone_store(reproduced_project, tmp_path / "project", text=False)
+    shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # locks, queue, state caches
     return project
 
 
@@ -145,26 +148,21 @@ def test_make_repro_picks_up_a_conf_edit(smoke_project):
     """`make repro` recomposes params.yaml from conf/, so an edit there reaches the stages."""
     project = smoke_project
     venv = project / ".venv"
-    if not venv.exists():
-        venv.symlink_to(Path(sys.executable).parent.parent)  # reuse this interpreter's venv
-        (venv / ".installed").touch(exist_ok=True)
+    venv.symlink_to(Path(sys.executable).parent.parent)  # reuse this interpreter's venv
+    (venv / ".installed").touch(exist_ok=True)
     config = project / "conf" / "config.yaml"
-    try:
-        text = config.read_text()
-        assert "  - mlflow: default\n" in text
-        config.write_text(
-            text.replace("  - mlflow: default\n", "  - mlflow: default\n  - experiment: smoke\n")
-        )
-        smoke = project / "conf" / "experiment" / "smoke.yaml"
-        smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
-        sh(project, "make", "repro")
-        assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
-        metrics = json.loads((project / "reports/metrics.json").read_text())
-        run = client_for(project).get_run(metrics["run_id"])
-        assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1
-    finally:
-        # Later tests compose conf/ (dvc exp run): give them the committed one back.
-        sh(project, "git", "checkout", "--", "conf")
+    text = config.read_text()
+    assert "  - mlflow: default\n" in text
+    config.write_text(
+        text.replace("  - mlflow: default\n", "  - mlflow: default\n  - experiment: smoke\n")
+    )
+    smoke = project / "conf" / "experiment" / "smoke.yaml"
+    smoke.write_text(smoke.read_text().replace("  epochs: 2", "  epochs: 1"))
+    sh(project, "make", "repro")
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    run = client_for(project).get_run(metrics["run_id"])
+    assert run.data.params["train.epochs"] == "1" and metrics["epochs_trained"] == 1
 
 
 def test_temp_experiment_logs_to_the_repository_store(smoke_project):
@@ -343,11 +341,16 @@ def test_three_queued_experiments_on_two_workers_one_interrupted(smoke_project, 
     victim = _training_process(names[0])
     db = project / "mlflow.db"
     query = (
-        "SELECT count(*) FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
-        f"WHERE t.key = 'dvc_exp_name' AND t.value = '{names[0]}' AND m.key = 'val_loss'"
+        "SELECT DISTINCT t.value FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid "
+        "WHERE t.key = 'dvc_exp_name' AND m.key = 'val_loss'"
     )
+    # The victim is interrupted once it and a second experiment have each logged an epoch:
+    # two are training at that moment, however slowly the second worker started.
     deadline = time.monotonic() + 300
-    while not (read_only_rows_fn(db, query) or [(0,)])[0][0] and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        training = {row[0] for row in read_only_rows_fn(db, query)}
+        if names[0] in training and len(training) >= 2:
+            break
         time.sleep(0.5)
     victim.send_signal(signal.SIGINT)
     status = wait_queue(project, 900)
@@ -411,14 +414,23 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     from fmnist_mlops.housekeeping import champion_chain
 
     project = smoke_project
-    assert dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    # Two experiments: 6 epochs beats the 2-epoch baseline champion (promoted, so a rollback
+    # target to keep), 1 epoch does not (nothing refers to it: collected).
+    for name, epochs in (("winner", 6), ("loser", 1)):
+        dvc(
+            project,
+            *("exp", "run", "-n", name, "-S", "+experiment=smoke"),
+            *("-S", f"train.epochs={epochs}", "-S", f"train.patience={epochs}"),
+        )
     client = client_for(project)
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     chain = champion_chain(client, "fashion-mnist-cnn", "champion")
     assert chain[0].version == champion.version
     origins = {client.get_run(v.run_id).data.tags.get("dvc_exp_name") for v in chain} - {None}
+    assert origins == {"winner"}, origins
     registered = {v.run_id for v in client.search_model_versions()}
     listed = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
+    assert {"winner", "loser"} <= set(listed), listed
     # A queued experiment: DVC is left alone while it waits (nothing removed, still queued).
     dvc(project, "exp", "run", "--queue", "-n", "waiting", "-S", "seed=77")
     sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
@@ -535,8 +547,7 @@ def test_a_second_dvc_repro_fails_cleanly_while_one_runs(smoke_project):
 
 
 def test_dvc_plots_show_renders_offline(smoke_project, tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    from ui_check import render_offline
+    render_offline = load_script("tools/ui_check.py").render_offline
 
     dvc(smoke_project, "plots", "show", "-o", str(tmp_path / "plots"))
     page = tmp_path / "plots" / "index.html"

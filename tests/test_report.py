@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+from pathlib import Path
 
 import pytest
+from helpers import build_report, train
+from omegaconf import open_dict
 from PIL import Image
 
 from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.evaluation import evaluate
-from fmnist_mlops.promotion import promote
-from fmnist_mlops.reporting import build_report
-from fmnist_mlops.training import train
+from fmnist_mlops.paths import RUN_FILE
+
+pytestmark = pytest.mark.integration
 
 SECTIONS = (
     "Metrics",
@@ -33,13 +36,14 @@ def test_no_champion_is_one_clear_error_and_no_file(smoke_cfg, tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_report_is_self_contained_and_agrees_with_mlflow(smoke_cfg, tmp_path):
-    first = train(open_stage(smoke_cfg))
-    evaluate(open_stage(smoke_cfg))
-    assert promote(open_stage(smoke_cfg))["promote"]
-    train(open_stage(smoke_cfg))  # a later run that is not the champion, for the comparison table
+def test_report_is_self_contained_and_agrees_with_mlflow(champion, tmp_path):
+    first = json.loads((Path(champion.paths.out) / RUN_FILE).read_text())
+    later = champion.copy()
+    with open_dict(later):
+        later.paths.out = str(tmp_path / "later")
+    train(open_stage(later))  # a later run that is not the champion, for the comparison table
 
-    result = build_report(open_stage(smoke_cfg), out=tmp_path / "champion.html")
+    result = build_report(open_stage(champion), out=tmp_path / "champion.html")
     page = (tmp_path / "champion.html").read_text()
     assert result["run_id"] == first["run_id"]
     # The numbers are recomputed from the registered model and match what MLflow logged.

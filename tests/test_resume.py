@@ -6,28 +6,33 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import ROOT, smoke_config, venv_env
+from helpers import (
+    ROOT,
+    clone_store,
+    fit,
+    smoke_config,
+    start_training,
+    train,
+    training_command,
+    venv_env,
+)
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
-from test_faults import start_training
 
 from fmnist_mlops import resume
 from fmnist_mlops.config import validate
 from fmnist_mlops.context import open_stage
 from fmnist_mlops.data import load_prepared
 from fmnist_mlops.errors import ConfigError, Interrupted
-from fmnist_mlops.fitting import fit
 from fmnist_mlops.paths import MODEL_FILE
-from fmnist_mlops.training import train
 
 
+@pytest.mark.integration
 def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, smoke_prepared):
     proc, uri = start_training(tmp_path, smoke_prepared, epochs=30)  # interrupted early
     proc.send_signal(signal.SIGTERM)
@@ -41,17 +46,7 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
     assert state["run_id"] == killed.info.run_id and state["epoch"] >= 0
 
     # Exactly the same command again (patience = epochs: early stopping does not end it).
-    cmd = [
-        sys.executable,
-        "src/train.py",
-        "+experiment=smoke",
-        "train.epochs=30",
-        "train.patience=30",
-        "train.batch_size=16",
-        f"paths.prepared={smoke_prepared}",
-        f"paths.scratch={tmp_path / 'scratch'}",
-        f"mlflow.tracking_uri={uri}",
-    ]
+    cmd, _ = training_command(tmp_path, smoke_prepared, 30)
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -69,22 +64,47 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
     assert not backup.exists(), "a finished training removes its backup"
 
 
-def backup_after_two_epochs(tmp_path: Path, prepared: Path):
-    cfg = smoke_config(tmp_path, prepared, "train.epochs=2", "train.patience=5")
-    splits = load_prepared(prepared)
-    folder = tmp_path / "backup"
-    h = resume.config_hash(cfg, splits.meta)
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_experiment("resume-test")  # the active experiment is global: set it for this store
-    with mlflow.start_run() as run:
-        c = validate(cfg)
-        spec = resume.EpochBackupSpec(folder, run.info.run_id, h)
-        fit(c.train, c.model, c.seed, splits, tmp_path / "out", backup=spec)
-    return cfg, splits, folder, h
+BACKUP_OVERRIDES = ("train.epochs=2", "train.patience=5")
 
 
-def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(tmp_path, smoke_prepared):
-    cfg, splits, folder, h = backup_after_two_epochs(tmp_path, smoke_prepared)
+@pytest.fixture(scope="module")
+def backup_template(build_once, smoke_prepared) -> Path:
+    """A store with one run and the backup its fit left after two epochs (built once)."""
+
+    def build(folder: Path) -> None:
+        cfg = smoke_config(folder, smoke_prepared, *BACKUP_OVERRIDES)
+        splits = load_prepared(smoke_prepared)
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+        mlflow.set_experiment("resume-test")  # the active experiment is global: set it here
+        with mlflow.start_run() as run:
+            c = validate(cfg)
+            h = resume.config_hash(cfg, splits.meta)
+            spec = resume.EpochBackupSpec(folder / "backup", run.info.run_id, h)
+            fit(c.train, c.model, c.seed, splits, folder / "out", backup=spec)
+
+    return build_once("backup", build)
+
+
+@pytest.fixture
+def backup_after_two_epochs(backup_template, smoke_prepared):
+    """``copy(folder)``: a private copy of the backup template in ``folder``:
+    (its config, the split, the backup folder, the config's hash)."""
+
+    def copy(tmp_path: Path):
+        clone_store(backup_template, tmp_path)
+        cfg = smoke_config(tmp_path, smoke_prepared, *BACKUP_OVERRIDES)
+        splits = load_prepared(smoke_prepared)
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+        return cfg, splits, tmp_path / "backup", resume.config_hash(cfg, splits.meta)
+
+    return copy
+
+
+@pytest.mark.integration
+def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(
+    tmp_path, backup_after_two_epochs
+):
+    cfg, splits, folder, h = backup_after_two_epochs(tmp_path / "copy")
     state_path = folder / "state.json"
     state = json.loads(state_path.read_text())
     # Pretend the best epoch so far was unbeatable: nothing after it may replace it.
@@ -104,8 +124,9 @@ def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(tmp_path
     assert (out / MODEL_FILE).read_bytes() == best_before
 
 
-def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, caplog):
-    _, _, folder, h = backup_after_two_epochs(tmp_path, smoke_prepared)
+@pytest.mark.integration
+def test_corrupt_or_foreign_backups_are_discarded(tmp_path, backup_after_two_epochs, caplog):
+    _, _, folder, h = backup_after_two_epochs(tmp_path / "first")
     caplog.set_level(logging.WARNING)
     # A peer worker reads the chief's backup: it refuses one it cannot use and deletes nothing.
     assert resume.load(folder, h, discard=False).epoch == 1
@@ -117,7 +138,7 @@ def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, capl
     assert resume.load(folder, "0" * 16) is None
     assert "made for other settings" in caplog.text and not folder.exists()
 
-    _, _, folder, h = backup_after_two_epochs(tmp_path / "again", smoke_prepared)
+    _, _, folder, h = backup_after_two_epochs(tmp_path / "again")
     last = folder / json.loads((folder / "state.json").read_text())["files"]["last"]
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -125,29 +146,34 @@ def test_corrupt_or_foreign_backups_are_discarded(tmp_path, smoke_prepared, capl
     assert resume.load(folder, h) is None
     assert f"last model {last.name} is missing or corrupt" in caplog.text and not folder.exists()
 
-    _, _, folder, h = backup_after_two_epochs(tmp_path / "third", smoke_prepared)
+    _, _, folder, h = backup_after_two_epochs(tmp_path / "third")
     (folder / "state.json").write_text("{not json")
     assert resume.load(folder, h) is None
     assert "unreadable state.json" in caplog.text
 
 
-class InterruptAt(keras.callbacks.Callback):
-    """Raise what a SIGINT raises, at the end of ``epoch`` or after its first step call."""
+def InterruptAt(epoch: int, mid_epoch: bool):  # noqa: N802 - stands for the class it makes
+    """A callback raising what a SIGINT raises, at the end of ``epoch`` or after its first step
+    call (Keras is imported here, not when the tests are collected)."""
+    import keras
 
-    def __init__(self, epoch: int, mid_epoch: bool) -> None:
-        super().__init__()
-        self.epoch, self.mid_epoch, self.current = epoch, mid_epoch, -1
+    class InterruptAt(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.current = -1
 
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.current = epoch
+        def on_epoch_begin(self, epoch_: int, logs=None) -> None:
+            self.current = epoch_
 
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if self.mid_epoch and self.current == self.epoch:
-            raise Interrupted(signal.SIGINT)
+        def on_train_batch_end(self, batch: int, logs=None) -> None:
+            if mid_epoch and self.current == epoch:
+                raise Interrupted(signal.SIGINT)
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not self.mid_epoch and epoch == self.epoch:
-            raise Interrupted(signal.SIGINT)
+        def on_epoch_end(self, epoch_: int, logs=None) -> None:
+            if not mid_epoch and epoch_ == epoch:
+                raise Interrupted(signal.SIGINT)
+
+    return InterruptAt()
 
 
 EXACT_CASES = {
@@ -164,6 +190,8 @@ EXACT_CASES = {
 
 
 def history_and_weights(cfg) -> tuple[dict, list]:
+    import keras
+
     client = MlflowClient(cfg.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     [run] = client.search_runs([experiment.experiment_id])
@@ -176,7 +204,7 @@ def history_and_weights(cfg) -> tuple[dict, list]:
     return history, model.get_weights()
 
 
-@pytest.mark.slow  # two to three in-process trainings per case
+@pytest.mark.integration  # two to three in-process trainings per case
 @pytest.mark.parametrize("case", sorted(EXACT_CASES))
 def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smoke_prepared):
     overrides, epoch, mid_epoch = EXACT_CASES[case]
@@ -198,7 +226,7 @@ def test_a_resumed_run_matches_an_uninterrupted_one_exactly(case, tmp_path, smok
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.slow  # three in-process trainings
+@pytest.mark.integration  # three in-process trainings
 def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others_named(
     tmp_path, smoke_prepared, caplog
 ):

@@ -15,37 +15,27 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import ROOT, free_port, http_process, smoke_config, venv_env
-from omegaconf import open_dict
+from helpers import ROOT, free_port, http_process, load_script, venv_env
 from PIL import Image
 
 from fmnist_mlops import CLASS_NAMES
-from fmnist_mlops.context import open_stage
 from fmnist_mlops.data import load_prepared
-from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import PREDICTIONS_CSV
 from fmnist_mlops.prediction import to_fashion_mnist
-from fmnist_mlops.promotion import promote
-from fmnist_mlops.training import train
 
 MODEL_URI = "models:/fashion-mnist-cnn@champion"
+# Tests of the module's one model server run in one test process (xdist), which starts it once.
+ONE_SERVER = pytest.mark.xdist_group("model-server")
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory, smoke_prepared):
-    """A smoke-trained, evaluated and promoted model in its own store."""
-    tmp = tmp_path_factory.mktemp("serving")
-    cfg = smoke_config(tmp, smoke_prepared)
-    with open_dict(cfg):
-        cfg.mlflow.tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    train(open_stage(cfg))
-    evaluate(open_stage(cfg))
-    assert promote(open_stage(cfg))["promote"]
-    return cfg
+def champion(shared_champion):
+    """The session's smoke-trained, evaluated and promoted model: only read here."""
+    return shared_champion
 
 
 @pytest.fixture(scope="module")
-def server(champion):
+def server(champion, tmp_path_factory):
     port = free_port()
     env = venv_env(
         MLFLOW_TRACKING_URI=champion.mlflow.tracking_uri,
@@ -65,7 +55,7 @@ def server(champion):
         str(port),
     ]
     url = f"http://127.0.0.1:{port}"
-    log = Path(champion.paths.out).parent / "serve.log"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
     with http_process(cmd, env, f"{url}/ping", log):
         yield url
 
@@ -82,6 +72,8 @@ def post(url: str, body: bytes | str, content_type: str = "application/json"):
         return err.code, err.read()
 
 
+@ONE_SERVER
+@pytest.mark.integration
 def test_served_answers_equal_pyfunc_and_evaluate(server, champion, smoke_prepared):
     splits = load_prepared(smoke_prepared)
     idx = list(range(12))
@@ -104,6 +96,8 @@ def test_served_answers_equal_pyfunc_and_evaluate(server, champion, smoke_prepar
     assert [s["class"] for s in served] == [saved[i]["predicted"] for i in idx]
 
 
+@ONE_SERVER
+@pytest.mark.integration
 def test_integer_and_float_pixels_single_image(server, smoke_prepared):
     image = load_prepared(smoke_prepared).x_test[0]
     ints = json.loads(post(server, json.dumps({"inputs": [image.tolist()]}))[1])
@@ -163,6 +157,8 @@ BAD_REQUESTS = [
 ]
 
 
+@ONE_SERVER
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("name", "body", "ctype", "status", "needle"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
 )
@@ -181,12 +177,10 @@ def test_bad_input_gets_a_small_4xx_and_the_server_keeps_serving(
 
 def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     """POST with exactly ``headers``: the measuring tool's client (tools/serving_contract.py)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from serving_contract import post as contract_post
-
-    return contract_post(url, body, headers)
+    return load_script("tools/serving_contract.py").post(url, body, headers)
 
 
+@pytest.mark.integration
 def test_python_callers_may_pass_raw_integer_pixels(champion, smoke_prepared):
     mlflow.set_tracking_uri(champion.mlflow.tracking_uri)
     mlflow.set_registry_uri(champion.mlflow.tracking_uri)
@@ -227,6 +221,8 @@ def http_formats(images: np.ndarray) -> dict[str, tuple[str, str]]:
     }
 
 
+@ONE_SERVER
+@pytest.mark.integration
 def test_every_documented_request_format_gives_the_same_answers(server, smoke_prepared):
     images = load_prepared(smoke_prepared).x_test[:3]
     answers = {}
@@ -249,6 +245,8 @@ UNSUPPORTED = [
 ]
 
 
+@ONE_SERVER
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("name", "ctype", "body", "needle"), UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED]
 )
@@ -261,6 +259,7 @@ def test_unsupported_formats_get_a_400_that_names_the_accepted_ones(
     assert needle in text and "784" in text and len(reply) < 4096
 
 
+@ONE_SERVER
 @pytest.mark.slow  # a 35 MB request and a 10 s wait
 def test_memory_falls_back_after_a_10000_image_request(server):
     port = int(server.rsplit(":", 1)[1])
@@ -294,6 +293,7 @@ def test_photo_polarity_is_inverted_to_fashion_mnist_style():
     assert wide[0].max() == 0 and wide[14].min() > 200, "aspect ratio kept by padding"
 
 
+@pytest.mark.integration
 def test_predict_cli_reads_images_and_walks_through_test_samples(
     champion, smoke_prepared, tmp_path
 ):
@@ -355,13 +355,14 @@ def serving_rss(port: int) -> int:
     return total
 
 
+@ONE_SERVER
+@pytest.mark.integration
 def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
     import shutil
     import socket
     import tempfile
 
-    sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
-    from render import render
+    render = load_script("deploy/nginx/render.py").render
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     assert Path(nginx).exists(), "nginx missing: `apt-get install nginx` (.ci/run does)"

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from helpers import build_report, evaluate_and_promote, train
 from omegaconf import open_dict
 
 from fmnist_mlops import context, tracking
 from fmnist_mlops.context import open_stage
 from fmnist_mlops.errors import RegistryError
 from fmnist_mlops.promotion import promote, rollback
-from fmnist_mlops.reporting import build_report
-from fmnist_mlops.stages import evaluate_and_promote
-from fmnist_mlops.training import train
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

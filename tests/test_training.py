@@ -5,34 +5,49 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 import pytest
-from helpers import smoke_config
+from helpers import evaluate, fit, smoke_config, train
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config import validate
 from fmnist_mlops.context import open_stage
-from fmnist_mlops.evaluation import evaluate
 from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
-from fmnist_mlops.scoring import load_network
-from fmnist_mlops.training import EPOCH_METRICS, train
+
+pytestmark = pytest.mark.integration
+
+
+def epoch_metrics() -> tuple[str, ...]:
+    from fmnist_mlops.training import EPOCH_METRICS
+
+    return EPOCH_METRICS
 
 
 @pytest.fixture
-def trained(smoke_cfg):
-    result = train(open_stage(smoke_cfg))
-    return smoke_cfg, result, MlflowClient(smoke_cfg.mlflow.tracking_uri)
+def trained(champion):
+    """The session's smoke run (a private copy): its config, what train returned, a client."""
+    from fmnist_mlops import tracking
+
+    tracking.connect(champion.mlflow.tracking_uri)  # as train left it: models:/ URIs resolve
+    result = {
+        **json.loads((Path(champion.paths.out) / RUN_FILE).read_text()),
+        "out_dir": champion.paths.out,
+    }
+    return champion, result, MlflowClient(champion.mlflow.tracking_uri)
 
 
 def test_train_logs_params_epoch_history_artifacts_and_model(trained):
+    import keras
+
+    from fmnist_mlops.scoring import load_network
+
     cfg, result, client = trained
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.filters"] == "[32, 64]"
     assert run.data.params["train.epochs"] == "2" and run.data.params["seed"] == "42"
-    for metric in EPOCH_METRICS:
+    for metric in epoch_metrics():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
         assert steps == [0, 1], metric
     assert run.data.metrics["best_epoch"] == result["best_epoch"]
@@ -58,16 +73,15 @@ def test_train_logs_params_epoch_history_artifacts_and_model(trained):
     best = keras.saving.load_model(f"{cfg.paths.out}/{MODEL_FILE}", safe_mode=True)
     for a, b in zip(logged.get_weights(), best.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    from pathlib import Path
-
     assert json.loads((Path(cfg.paths.out) / RUN_FILE).read_text())["run_id"] == result["run_id"]
 
 
-def test_same_seed_same_metrics_other_seed_differs(tmp_path, smoke_prepared):
-    a = train(open_stage(smoke_config(tmp_path / "a", smoke_prepared)))
+def test_same_seed_same_metrics_other_seed_differs(trained, tmp_path, smoke_prepared):
+    _, a, _ = trained  # trained once per session, in whichever test process got there first
     b = train(open_stage(smoke_config(tmp_path / "b", smoke_prepared)))
     c = train(open_stage(smoke_config(tmp_path / "c", smoke_prepared, "seed=7")))
     assert (a["val_loss"], a["val_accuracy"]) == (b["val_loss"], b["val_accuracy"])
+    assert a["weights_sha256"] == b["weights_sha256"]
     assert a["val_loss"] != c["val_loss"]
 
 
@@ -83,8 +97,6 @@ def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
     assert len(client.search_runs([run.info.experiment_id])) == 1, (
         "evaluate must not start a new run"
     )
-    from pathlib import Path
-
     out = Path(cfg.paths.out)
     on_disk = json.loads((out / METRICS_JSON).read_text())
     assert on_disk == metrics and 0.0 <= on_disk["test_accuracy"] <= 1.0
@@ -123,8 +135,9 @@ def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
 
 def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_prepared):
     """Several steps run per call into TensorFlow, yet an epoch stays one pass over the data."""
+    import keras
+
     from fmnist_mlops.data import load_prepared
-    from fmnist_mlops.fitting import fit
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.batch_size=32", "train.epochs=2")
     splits = load_prepared(smoke_prepared)
@@ -168,7 +181,7 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
     best = int(run.data.metrics["best_epoch"])
     history = {
         key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-        for key in EPOCH_METRICS
+        for key in epoch_metrics()
     }
     assert best != 0 and history["val_accuracy"][best] > history["val_accuracy"][0]
 
@@ -182,7 +195,7 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
     [model] = found
     assert f"models:/{model.model_id}" == result["model_uri"]
     linked = {m.key: (m.step, m.value) for m in model.metrics}
-    for key in EPOCH_METRICS:
+    for key in epoch_metrics():
         assert linked[key] == (best, pytest.approx(history[key][best])), key
     assert linked["test_accuracy"][1] == pytest.approx(metrics["test_accuracy"])
     assert linked["test_loss"][1] == pytest.approx(metrics["test_loss"])
@@ -190,8 +203,9 @@ def test_the_logged_model_carries_the_restored_epoch_and_the_test_scores(smoke_c
 
 def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke_prepared):
     """models/model.keras (a DVC output) is published once, verified; never half-written."""
+    import keras
+
     from fmnist_mlops.data import load_prepared
-    from fmnist_mlops.fitting import fit
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
     splits = load_prepared(smoke_prepared)

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
-from helpers import ROOT, free_port
+import pytest
+from helpers import free_port, load_script
 from PIL import Image
 
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.evaluation import evaluate
-from fmnist_mlops.promotion import promote
-from fmnist_mlops.training import train
-
-sys.path.insert(0, str(ROOT / "tools"))
-from ui_check import check_ui, mlflow_ui  # noqa: E402
+pytestmark = pytest.mark.integration  # a real MLflow UI server and a real headless Chromium
 
 
-def test_ui_shows_the_runs_metrics_and_the_champion(smoke_cfg, tmp_path):
-    train(open_stage(smoke_cfg))
-    evaluate(open_stage(smoke_cfg))
-    assert promote(open_stage(smoke_cfg))["promote"]
-    store = smoke_cfg.mlflow.tracking_uri
-    with mlflow_ui(store, free_port(), tmp_path / "ui.log") as url:
-        shots = check_ui(url, store, smoke_cfg.registry.model_name, tmp_path / "shots")
+def test_ui_shows_the_runs_metrics_and_the_champion(shared_champion, tmp_path):
+    ui = load_script("tools/ui_check.py")
+    store = shared_champion.mlflow.tracking_uri
+    with ui.mlflow_ui(store, free_port(), tmp_path / "ui.log") as url:
+        shots = ui.check_ui(url, store, shared_champion.registry.model_name, tmp_path / "shots")
     for path in shots.values():
         with Image.open(path) as img:
             assert img.format == "PNG" and img.width == 1400 and img.height > 600
