@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -298,3 +299,72 @@ def test_make_train_workers_runs_the_launcher_with_n_and_args(project_root, subp
     assert result.returncode == 0, result.stderr
     wanted = "python -m fmnist_mlops.launch -n 3 -- +experiment=smoke seed=4"
     assert any(line.endswith(wanted) for line in result.stdout.splitlines()), result.stdout
+
+
+def test_the_launcher_prepares_another_split_beside_dvcs_never_over_it(
+    tmp_path, smoke_prepared, project_root, monkeypatch
+):
+    """`make train-workers ARGS=...` after `make repro`: data/prepared (DVC's output) holds
+    another split than ARGS ask for; the launcher prepares theirs into scratch instead."""
+    import shutil
+
+    from fmnist_mlops.launch import with_prepared_split
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_prepared, project / "data" / "prepared")  # DVC's: the smoke split
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copytree(project_root / "conf", project / "conf")
+    monkeypatch.chdir(project)
+    dvc_files = {p.name: p.read_bytes() for p in (project / "data" / "prepared").iterdir()}
+    args = ["+experiment=smoke", "data.max_train=256", f"paths.scratch={tmp_path / 'scratch'}"]
+
+    got = with_prepared_split(args)
+    assert got[:-1] == args and got[-1].startswith(f"paths.prepared={tmp_path / 'scratch'}")
+    own = Path(got[-1].split("=", 1)[1])
+    assert json.loads((own / "meta.json").read_text())["counts"]["train"] == 256
+    assert {p.name: p.read_bytes() for p in (project / "data" / "prepared").iterdir()} == dvc_files
+    made = (own / "meta.json").stat().st_mtime_ns
+    assert with_prepared_split(args) == got and (own / "meta.json").stat().st_mtime_ns == made
+
+    # A split that fits is used where it is; a folder the user names is never replaced.
+    assert with_prepared_split(args[:1]) == args[:1]
+    named = [*args, f"paths.prepared={project / 'data' / 'prepared'}"]
+    assert with_prepared_split(named) == named
+
+
+@pytest.mark.slow
+def test_workers_started_with_different_settings_stop_in_one_line_before_any_run(
+    tmp_path, smoke_prepared, project_root, subprocess_env
+):
+    """Each worker compares its settings with the others' when they join: a mismatch ends
+    every worker in one line naming the keys, exit 2, before the chief opens a run."""
+    common = smoke_args(tmp_path, smoke_prepared, "train.distribute=multi_worker")
+    own = [["model.filters=[8]", "train.epochs=2"], ["model.filters=[16]", "train.epochs=3"]]
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "src/train.py", *common, *extra],
+            cwd=project_root,
+            env={**subprocess_env, "TF_CONFIG": tf_config},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tf_config, extra in zip(tf_configs(hosts), own, strict=True)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        said = [line for line in err.splitlines() if line.startswith("train:")]
+        assert len(said) == 1 and said[0].startswith("train: error: the 2 workers were started"), (
+            said
+        )
+        assert "model.filters: worker 0 [8] / worker 1 [16]" in said[0], said[0]
+        assert "train.epochs: worker 0 2 / worker 1 3" in said[0], said[0]
+        assert "Traceback" not in err
+    runs = (
+        sqlite3.connect(tmp_path / "mlflow.db").execute("select count(*) from runs").fetchone()[0]
+        if (tmp_path / "mlflow.db").exists()
+        else 0
+    )
+    assert runs == 0, "no run created"

@@ -12,13 +12,15 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import ROOT, copy_project, free_port, http_process, require_real_data, venv_env
 
-pytestmark = pytest.mark.slow
+# One S3 server and one team project for the module: one test process (xdist).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("object-storage")]
 BIN = Path(sys.executable).parent
 BUCKET = "fmnist-team"
 SECRET = "marker-secret-7f3a9c1e-never-logged"
@@ -193,3 +195,83 @@ def test_the_secret_shows_up_nowhere_the_project_writes(team):
     assert SECRET not in (project / ".dvc" / "config").read_text()
     for path in (project / ".dvc").rglob("config*"):
         assert SECRET not in path.read_text(errors="replace")
+
+
+def refused_line(proc: subprocess.CompletedProcess, stage: str) -> str:
+    said = [line for line in proc.stderr.splitlines() if line.startswith(f"{stage}:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(said) == 1 and said[0].startswith(f"{stage}: error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return said[0]
+
+
+def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_path):
+    endpoint, _ = s3
+
+    def server(destination: str, s3_endpoint: str) -> tuple[subprocess.CompletedProcess, float]:
+        cmd = [sys.executable, "-m", "fmnist_mlops.tracking_server"]
+        cmd += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+        cmd += ["--artifacts-destination", destination, "--port", str(free_port())]
+        started = time.monotonic()
+        done = subprocess.run(
+            cmd, env=s3_env(s3_endpoint), capture_output=True, text=True, timeout=120
+        )
+        return done, time.monotonic() - started
+
+    refused, seconds = server(f"s3://{BUCKET}/mlflow", "http://127.0.0.1:9")  # nothing there
+    line = refused_line(refused, "server")
+    assert "s3://fmnist-team/mlflow at http://127.0.0.1:9" in line and "connection refused" in line
+    assert seconds < 30, seconds
+    refused, seconds = server("s3://no-such-bucket/mlflow", endpoint)
+    assert "no such bucket" in refused_line(refused, "server") and seconds < 30
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    refused, _ = server(str(blocker / "artifacts"), endpoint)
+    assert "cannot take a write" in refused_line(refused, "server")
+    assert SECRET not in refused.stderr + refused.stdout
+
+
+def test_a_training_whose_artifact_store_broke_fails_in_seconds_before_any_run(
+    s3, tmp_path, smoke_prepared
+):
+    """The server started fine; its bucket is gone since. The client (no bucket credentials:
+    artifacts are proxied) finds out through the server's artifact endpoint, before a run."""
+    from mlflow.tracking import MlflowClient
+
+    endpoint, client = s3
+    bucket = "fmnist-vanishing"
+    client.create_bucket(Bucket=bucket)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "fmnist_mlops.tracking_server", "--port", str(port)]
+    cmd += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    cmd += ["--artifacts-destination", f"s3://{bucket}/mlflow"]
+    with http_process(cmd, s3_env(endpoint), f"{url}/health", tmp_path / "server.log"):
+        client.delete_bucket(Bucket=bucket)  # empty: the server's own probe cleaned up
+        started = time.monotonic()
+        train = subprocess.run(
+            [
+                sys.executable,
+                "src/train.py",
+                "+experiment=smoke",
+                f"paths.prepared={smoke_prepared}",
+                f"paths.scratch={tmp_path / 'scratch'}",
+                f"mlflow.tracking_uri={url}",
+            ],
+            cwd=ROOT,
+            env=venv_env(),  # no AWS credentials, no S3 endpoint: only the server
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        seconds = time.monotonic() - started
+        line = refused_line(train, "train")
+        assert "artifact store of experiment 'fashion-mnist'" in line, line
+        # The server answers a bare 500 (the cause is in its log only), said as such.
+        assert "cannot take a write: HTTP 500 to a probe PUT" in line, line
+        assert "see the tracking server's log" in line
+        assert "NoSuchBucket" in (tmp_path / "server.log").read_text()
+        assert seconds < 30, seconds
+        store = MlflowClient(url)
+        experiment = store.get_experiment_by_name("fashion-mnist")
+        assert store.search_runs([experiment.experiment_id]) == [], "no run created"

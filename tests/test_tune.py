@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,13 +12,11 @@ import uuid
 
 import optuna
 import pytest
-from helpers import ROOT, read_only_rows, venv_env
+from helpers import ROOT, read_only_rows, train, venv_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops import tracking
 from fmnist_mlops.context import open_stage
-from fmnist_mlops.training import train
-from fmnist_mlops.tuning import OptunaPruning
 
 # Small enough for the smoke split: the default space with 3-epoch trials.
 TUNE_ARGS = (
@@ -142,7 +141,10 @@ def test_tuner_resumes_after_an_interrupt_nests_trials_and_promotes_the_best(
     assert [r.info.run_id for r in tested] == [best_run]
 
 
+@pytest.mark.integration
 def test_pruning_callback_stops_a_trial_worse_than_the_median(smoke_cfg):
+    from fmnist_mlops.tuning import OptunaPruning
+
     study = optuna.create_study(
         direction="maximize",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
@@ -219,6 +221,7 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
     assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
 
 
+@pytest.mark.integration
 def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, smoke_prepared):
     from omegaconf import OmegaConf
 
@@ -278,3 +281,70 @@ def test_a_ctrl_c_between_ask_and_training_fails_the_trial_instead_of_leaving_it
             lambda *a, **k: pytest.fail("sampling was interrupted: nothing may train"),
         )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
+@pytest.mark.slow  # several trials, one interrupted, the study continued
+def test_a_rerun_of_an_interrupted_study_continues_it_without_repeating_a_trial(
+    tmp_path, smoke_prepared
+):
+    """Ctrl-C during trial 1, then the same command: the new trials are new configurations,
+    trial 1's parameters run again and resume its backup (the same MLflow run), and the live
+    parent run is never marked KILLED while the rerun trains."""
+    args = (
+        "tune.n_trials=3",
+        "tune.pruner.n_startup_trials=10",  # no pruning: every trial trains to its end
+        "train.epochs=20",
+        "train.patience=20",
+    )
+    cmd = tune_cmd(tmp_path, smoke_prepared, *args)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    training_trial_1 = (
+        "select t.run_uuid from tags t join metrics m on m.run_uuid = t.run_uuid "
+        "where t.key = 'optuna.trial' and t.value = '1' and m.key = 'val_loss'"
+    )
+    deadline = time.monotonic() + 300
+    while not read_only_rows(tmp_path / "mlflow.db", training_trial_1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    [(interrupted_run,)] = read_only_rows(tmp_path / "mlflow.db", training_trial_1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    study = load_study(tmp_path)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+
+    rerun = subprocess.Popen(
+        cmd, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    states = []  # the parent's states while the rerun works, as a UI would see them
+    status = f"select status from runs where run_uuid = '{parent}'"
+    while rerun.poll() is None:
+        now = [r[0] for r in read_only_rows(tmp_path / "mlflow.db", status)]
+        if now and (not states or states[-1] != now[0]):
+            states.append(now[0])
+        time.sleep(0.2)
+    out, err = rerun.communicate()
+    assert rerun.returncode == 0, err[-3000:]
+    assert "RUNNING" in states and "KILLED" not in states[states.index("RUNNING") :], states
+    assert f"run {parent} was left RUNNING" not in err
+
+    study = load_study(tmp_path)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    configurations = [json.dumps(t.params, sort_keys=True) for t in complete]
+    assert len(set(configurations)) == 3, "no configuration trained twice"
+    [again] = [t for t in complete if t.user_attrs.get("resumes_trial") == 1]
+    assert again.params == study.trials[1].params
+    assert again.user_attrs["mlflow_run_id"] == interrupted_run, "its backup was resumed"
+    assert f"resuming run {interrupted_run}" in err
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    run = client.get_run(interrupted_run)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.trial"] == str(again.number)
+    steps = [m.step for m in client.get_metric_history(interrupted_run, "val_loss")]
+    assert steps == list(range(20)), "every epoch once"
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert json.loads(out.strip().splitlines()[-1])["parent_run_id"] == parent

@@ -351,7 +351,9 @@ def check_split(data_cfg: DataCfg, meta: dict[str, Any], folder: Path) -> None:
     if found != wanted:
         raise DataError(
             f"prepared data in {folder} was made with {found}, this config asks for {wanted}: "
-            f"run `python src/prepare.py` with the same data.* overrides (or `dvc repro`) first"
+            "prepare that split into a folder of its own (`python src/prepare.py <the same "
+            "data.* overrides> paths.prepared=<folder>`) and name it here too; `dvc repro` "
+            "remakes data/prepared from params.yaml"
         )
 
 

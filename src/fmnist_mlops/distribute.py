@@ -112,6 +112,29 @@ def broadcast_text(
     return bytes(shared[shared > 0].astype(np.uint8)).decode() or None
 
 
+def gather_text(strategy: tf.distribute.Strategy, text: str, size: int = 16384) -> list[str]:
+    """Every worker's ``text``, in worker order, on every worker.
+
+    An all-reduce sum of one row per worker in which each worker fills only its own row.
+    """
+    raw = text.encode()
+    if len(raw) >= size:
+        raise ValueError(f"{len(raw)} bytes to gather; at most {size - 1}")
+    data = np.zeros(size, np.int32)
+    data[: len(raw)] = np.frombuffer(raw, np.uint8)
+    workers = strategy.num_replicas_in_sync
+
+    @tf.function
+    def share() -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        row = tf.one_hot(ctx.replica_id_in_sync_group, workers, dtype=tf.int32)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, row[:, None] * tf.constant(data)[None])
+
+    with peers_guarded():
+        rows = strategy.experimental_local_results(strategy.run(share))[0].numpy()
+    return [bytes(row[row > 0].astype(np.uint8)).decode() for row in rows]
+
+
 @contextlib.contextmanager
 def peers_guarded() -> Iterator[None]:
     """Turn a collective's "peer gone" error into :class:`PeerLost` (a resumable interruption)."""

@@ -14,7 +14,9 @@ Workers on several hosts are started by hand instead, each with ``TF_CONFIG`` (s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,9 +26,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fmnist_mlops.cli import command
+from fmnist_mlops.cli import command, setup_logging
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import project_root
+
+log = logging.getLogger(__name__)
 
 # Seconds the other workers get to end by themselves after SIGTERM, before SIGKILL.
 GRACE = 90.0
@@ -95,6 +99,57 @@ def _signal_live(procs: list[Any], signum: int) -> None:
             p.send_signal(signum)
 
 
+def with_prepared_split(args: Sequence[str]) -> list[str]:
+    """``args``, pointing the workers at a prepared split that fits their ``data.*`` settings.
+
+    ``paths.prepared`` named in ``args`` is used as it is (a mismatch is then refused by the
+    workers). Otherwise, when the configured folder (``data/prepared``, DVC's output) holds
+    another split, the split is prepared into a scratch folder of its own and used from there:
+    DVC-tracked outputs are never overwritten.
+    """
+    args = list(args)
+    if any(a.split("=", 1)[0].lstrip("+~") == "paths.prepared" for a in args):
+        return args
+    from fmnist_mlops.config import compose, validate
+    from fmnist_mlops.data import split_settings
+    from fmnist_mlops.paths import resolve
+    from fmnist_mlops.scratch import scratch_root
+
+    cfg = compose(args)
+    config = validate(cfg)
+    if _fits(resolve(config.paths.prepared), config.data):
+        return args
+    settings = json.dumps(split_settings(config.data), sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    own = scratch_root(config.paths.scratch) / f"prepared-{digest}"
+    if not _fits(own, config.data):
+        from omegaconf import open_dict
+
+        from fmnist_mlops.preparation import prepare
+
+        with open_dict(cfg):
+            cfg.paths.prepared = str(own)
+        prepare(cfg)
+    log.info(
+        "train-workers: %s holds another split; these data.* settings use %s",
+        config.paths.prepared,
+        own,
+    )
+    return [*args, f"paths.prepared={own}"]
+
+
+def _fits(folder, data_cfg) -> bool:
+    from fmnist_mlops.data import check_split
+    from fmnist_mlops.errors import DataError
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        check_split(data_cfg, meta, folder)
+    except (OSError, ValueError, DataError):
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``-n N [--host H] [--] ARGS...``, run the workers, return the exit code."""
     parser = argparse.ArgumentParser(prog="make train-workers", description=__doc__.split("\n")[0])
@@ -104,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.workers < 2:
         raise ConfigError(f"N={ns.workers}: a multi-worker training needs N >= 2 workers")
-    procs = start_workers(ns.workers, ns.args, ns.host)
+    setup_logging()
+    procs = start_workers(ns.workers, with_prepared_split(ns.args), ns.host)
 
     def forward(signum: int, frame: Any) -> None:
         _signal_live(procs, signum)

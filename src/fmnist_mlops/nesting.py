@@ -43,6 +43,30 @@ def child_tags(
     }
 
 
+def finished_run(config_hash: str) -> str | None:
+    """In a job of a sweep: the sweep's child run that already trained this job, if any.
+
+    That is a FINISHED child of the parent with the same config hash (the composed config,
+    seed included, and the data) that ran the same code (commit and uncommitted change): a
+    continued sweep does not train it again.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from fmnist_mlops import tracking
+
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent}' and tags.config_hash = '{config_hash}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"],
+    )
+    return next((r.info.run_id for r in runs if tracking.same_code(r.data.tags)), None)
+
+
 def job_hooks(cfg: DictConfig) -> dict[str, Any]:
     """``cli.run`` hooks for a job of a sweep: keep going after a failure (empty otherwise)."""
     if not active():

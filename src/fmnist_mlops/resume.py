@@ -35,11 +35,20 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 # Settings that change where files go or how much is printed, not what is trained.
-_NOT_HASHED = ("paths", "run_id", "train.verbose", "mlflow.tracking_uri")
+_NOT_HASHED = (
+    "paths",
+    "run_id",
+    "train.verbose",
+    "mlflow.tracking_uri",
+    "mlflow.http_max_retries",
+    "mlflow.http_backoff_factor",
+    "mlflow.http_timeout_s",
+    "mlflow.probe_timeout_s",
+)
 
 
-def config_hash(cfg: DictConfig, data_meta: dict[str, Any]) -> str:
-    """Hash what determines a training: the config (minus output paths) and the data."""
+def training_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What of the config determines a training: all of it but paths, verbosity and store."""
     conf = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_HASHED:
         node, *rest = key.split(".")
@@ -47,6 +56,12 @@ def config_hash(cfg: DictConfig, data_meta: dict[str, Any]) -> str:
             conf.get(node, {}).pop(rest[0], None)
         else:
             conf.pop(node, None)
+    return conf
+
+
+def config_hash(cfg: DictConfig, data_meta: dict[str, Any]) -> str:
+    """Hash what determines a training: the config (minus output paths) and the data."""
+    conf = training_settings(cfg)
     data = {k: data_meta.get(k) for k in ("sha256", "counts", "val_split", "split_seed", "max")}
     text = json.dumps({"config": conf, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -130,6 +130,10 @@ class MlflowCfg(_Strict):
 
     experiment: str = _f("a non-empty experiment name", min_length=1)
     tracking_uri: str | None = _f("null (the project's SQLite store) or a tracking URI")
+    http_max_retries: int = _f("an integer in [0, 10]", ge=0, le=10)
+    http_backoff_factor: int = _f("an integer number of seconds in [0, 10]", ge=0, le=10)
+    http_timeout_s: int = _f("an integer number of seconds in [1, 600]", ge=1, le=600)
+    probe_timeout_s: int = _f("an integer number of seconds in [1, 300]", ge=1, le=300)
 
 
 class Config(_Strict):

@@ -11,6 +11,7 @@ data only) is evaluated and goes through the promotion rule of ``dvc repro``.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -103,6 +104,58 @@ def finish(config: Config, parent: str) -> dict[str, Any]:
     return {**summary, **promoted}
 
 
+def sweep_key(sweep_args: list[str]) -> str:
+    """What makes two sweeps the same: their arguments (the same command, in any order)."""
+    return hashlib.sha256(json.dumps(sorted(sweep_args)).encode()).hexdigest()[:16]
+
+
+def _continue(client: Any, experiment_id: str, key: str) -> str | None:
+    """The parent run of this sweep's interrupted run, taken over by this process; or None.
+
+    The latest sweep with the same arguments continues when it was interrupted (KILLED, or
+    RUNNING with its process gone): its finished jobs are not trained again, its interrupted
+    job resumes, and the winner is chosen among all its jobs. A finished or failed sweep is
+    not continued (the same command then starts a new sweep); a live one is refused.
+    """
+    from fmnist_mlops import owner, tracking
+    from fmnist_mlops.errors import ConfigError
+
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.stage = 'sweep' and tags.`sweep.key` = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        return None
+    run = found[0]
+    status, parent = run.info.status, run.info.run_id
+    if status == "RUNNING" and owner.is_alive(run.data.tags):
+        raise ConfigError(
+            f"this sweep is running already (parent run {parent}, "
+            f"{owner.describe(run.data.tags)}): wait for it or stop it"
+        )
+    if status not in ("RUNNING", "KILLED"):
+        return None
+    # The owner first, then RUNNING: a job's orphan sweep must never see it ownerless.
+    for name, value in tracking.run_tags("sweep").items():
+        client.set_tag(parent, name, value)
+    if "failure" in run.data.tags:
+        client.delete_tag(parent, "failure")
+    client.update_run(parent, status="RUNNING")
+    children = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
+    )
+    done = sum(r.info.status == "FINISHED" for r in children)
+    log.info(
+        "sweep: continuing the interrupted sweep %s (%d of its jobs finished, kept; an "
+        "interrupted job resumes from its backup)",
+        parent,
+        done,
+    )
+    return parent
+
+
 try:
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover - hydra is a dependency
@@ -150,13 +203,20 @@ class MlflowSweepCallback(Callback):
         experiment_id = ctx.track()
         self.config = ctx.config
         sweep_args = list(OmegaConf.select(config, "hydra.overrides.task") or [])
-        name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        run = MlflowClient().create_run(
-            experiment_id,
-            run_name=name,
-            tags={**tracking.run_tags("sweep"), "sweep.arguments": " ".join(sweep_args)},
-        )
-        self.parent = run.info.run_id
+        key = sweep_key(sweep_args)
+        client = MlflowClient()
+        self.parent = _continue(client, experiment_id, key)
+        if self.parent is None:
+            run = client.create_run(
+                experiment_id,
+                run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                tags={
+                    **tracking.run_tags("sweep"),
+                    "sweep.arguments": " ".join(sweep_args),
+                    "sweep.key": key,
+                },
+            )
+            self.parent = run.info.run_id
         os.environ[nesting.PARENT_ENV] = self.parent
         # Ctrl-C, SIGTERM or a crash skip on_multirun_end; the parent must not stay RUNNING.
         atexit.register(self._abandon)

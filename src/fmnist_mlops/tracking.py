@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.paths import file_lock, project_root, sqlite_dir, store_root
+from fmnist_mlops.probes import probe
 from fmnist_mlops.schema import MlflowCfg
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,13 @@ def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
             ) from None
 
 
+def apply_http_settings(settings: MlflowCfg) -> None:
+    """MLflow's HTTP retries and timeout from ``mlflow.*`` (MLflow reads them per request)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(settings.http_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.http_timeout_s)
+
+
 def connect(uri: str) -> None:
     """Point MLflow's tracking (and, for SQLite, registry) at ``uri``."""
     mlflow.set_tracking_uri(uri)
@@ -132,6 +141,7 @@ def setup(settings: MlflowCfg) -> str:
         The experiment id.
     """
     setting, uri = tracking_setting(settings.tracking_uri)
+    apply_http_settings(settings)
     check_uri(setting or "the default tracking URI", uri)
     connect(uri)
     name = settings.experiment
@@ -157,24 +167,50 @@ def setup(settings: MlflowCfg) -> str:
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
+    # Before any run: an artifact store that cannot take a write is refused in one line now,
+    # not after minutes of upload retries at the end of a training.
+    probe(
+        mlflow.get_experiment(experiment_id).artifact_location,
+        f"the artifact store of experiment {name!r}",
+        settings.probe_timeout_s,
+        uri if uri.startswith(("http://", "https://")) else None,
+    )
     return experiment_id
 
 
 def git_tags(root: Path | None = None) -> dict[str, str]:
-    """Return ``git_commit`` and ``git_dirty`` tags for the project checkout (empty outside git)."""
+    """Return the checkout's code identity as tags (empty outside git).
+
+    ``git_commit`` and ``git_dirty``; on a dirty tree also ``git_diff_sha256``, the digest of
+    the uncommitted change to tracked files, so two runs of one commit can tell whether they
+    ran the same code.
+    """
     root = root or project_root()
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
+        ).stdout
 
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        diff = git("diff", "HEAD", "--no-ext-diff", "--binary") if dirty else ""
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+    tags = {"git_commit": commit, "git_dirty": str(dirty).lower()}
+    if dirty:
+        tags["git_diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return tags
+
+
+CODE_TAGS = ("git_commit", "git_dirty", "git_diff_sha256")
+
+
+def same_code(tags: Mapping[str, str]) -> bool:
+    """Whether a run with these tags ran the code checked out now (commit and any change)."""
+    now = git_tags()
+    return bool(now) and all(tags.get(key) == now.get(key) for key in CODE_TAGS)
 
 
 def run_tags(stage: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import store_root
+from fmnist_mlops.probes import probe
 from fmnist_mlops.tracking import hide_password, sqlalchemy_url
 
 _SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = backend_store_uri(args.backend_store_uri)
     check_reachable(backend)
     artifacts = args.artifacts_destination or str(store_root() / "mlruns")
+    # `mlflow server` starts and answers /health without touching its artifact store.
+    probe(artifacts, "the artifacts destination", timeout=30)
     cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
     print(
         f"mlflow server: backend {hide_password(backend)}, artifacts {artifacts}, "

@@ -68,8 +68,8 @@ def train(
     config = ctx.config
     role = cluster.role(config.train.distribute)
     paths = config.paths
+    _join_cluster(ctx)
     splits = ctx.splits
-    _join_cluster(config)
     if not role.chief:
         return _peer_training(ctx, role)
     # An output folder that cannot work is refused before any run exists.
@@ -80,6 +80,10 @@ def train(
     tracking.mark_orphaned_runs(ctx.track())
 
     cfg_hash = resume.config_hash(ctx.cfg, splits.meta)
+    done = nesting.finished_run(cfg_hash)
+    if done is not None:
+        log.info("train: run %s of this sweep trained this job already: not trained again", done)
+        return {**tracking.run_record(done, splits.meta), "out_dir": None}
     folder, restored = resume.claim(
         resume.backups_root(ctx.tracking_uri),
         cfg_hash,
@@ -106,6 +110,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             **nesting.child_tags(),
             **(tags or {}),
             "out_dir": str(out),
+            "config_hash": cfg_hash,
         }
         active = mlflow.start_run(tags=run_tags)
         resume.name_run(folder, active.info.run_id)
@@ -120,7 +125,10 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
         mlflow.set_tags(
             {
                 **tracking.run_tags("train"),
+                # A continued sweep's or study's parent (which may be new): nest under it.
+                **nesting.child_tags(),
                 **(tags or {}),
+                "config_hash": cfg_hash,
                 "resumed_after_epoch": str(restored.epoch),
                 "out_dir": str(out),
             }
@@ -157,17 +165,39 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
     return {**record, "out_dir": str(out)}
 
 
-def _join_cluster(config: Config) -> None:
+def _join_cluster(ctx: StageContext) -> None:
     """Multi-worker: wait until every worker is up, before anything that may fail alone.
 
     From here on, a chief that stops (a refused ``paths.out``, a store it cannot open) ends
     the others within the collective timeout instead of leaving them waiting to connect.
+    Then the workers compare their settings: started with different ones, every worker stops
+    in one line naming them (exit 2), before the chief opens a run.
     """
-    if config.train.distribute == "multi_worker":
-        from fmnist_mlops.distribute import make_strategy, peers_guarded
+    if ctx.config.train.distribute != "multi_worker":
+        return
+    import json
 
-        with peers_guarded():  # a peer that stops while the others join is a lost peer too
-            make_strategy("multi_worker")  # made once per process; fit reuses it
+    from fmnist_mlops.distribute import gather_text, make_strategy, peers_guarded
+    from fmnist_mlops.errors import ConfigError
+
+    with peers_guarded():  # a peer that stops while the others join is a lost peer too
+        strategy = make_strategy("multi_worker")  # made once per process; fit reuses it
+    text = json.dumps(tracking.flatten(resume.training_settings(ctx.cfg)), default=str)
+    mine = json.loads(text)
+    every = [json.loads(t) for t in gather_text(strategy, text)]
+    differ = sorted(
+        {k for theirs in every for k in {*mine, *theirs} if theirs.get(k) != mine.get(k)}
+    )
+    if differ:
+        shown = "; ".join(
+            f"{k}: " + " / ".join(f"worker {i} {w.get(k, '(unset)')}" for i, w in enumerate(every))
+            for k in differ[:5]
+        )
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise ConfigError(
+            f"the {len(every)} workers were started with different settings: {shown}{more}: "
+            "start every worker with the same overrides (only TF_CONFIG differs)"
+        )
 
 
 def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | None:

@@ -26,7 +26,7 @@ import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import nesting, tracking
+from fmnist_mlops import nesting, owner, tracking
 from fmnist_mlops.config import compose
 from fmnist_mlops.context import StageContext, open_stage
 from fmnist_mlops.errors import ConfigError, Interrupted, ProjectError
@@ -37,6 +37,9 @@ from fmnist_mlops.schema import RegistryCfg, TuneCfg
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
+# A trial a signal interrupted (its backup resumes it); the study's list of those queued again.
+INTERRUPTED_ATTR = "interrupted"
+REQUEUED_ATTR = "requeued_trials"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -87,12 +90,14 @@ class OptunaPruning(keras.callbacks.Callback):
         self.trial = trial
         self.metric = metric
         self.pruned_at: int | None = None
+        self.reported: set[int] = set()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
         value = (logs or {}).get(self.metric)
         if value is None:
             return
         self.trial.report(float(value), epoch)
+        self.reported.add(epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
             self.model.stop_training = True
@@ -108,7 +113,7 @@ def _open_study(tune_cfg: TuneCfg, reg: RegistryCfg, url: str) -> optuna.Study:
     attempts = 0
     while True:
         try:
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=tune_cfg.study_name,
                 storage=url,
                 direction=direction,
@@ -129,6 +134,11 @@ def _open_study(tune_cfg: TuneCfg, reg: RegistryCfg, url: str) -> optuna.Study:
                 f"{tracking.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB "
                 "URL such as sqlite:///path/optuna.db or postgresql://host/db"
             ) from None
+        # The sampler's state is not stored with the study: reseeded alike, a resumed study
+        # would replay its first suggestions. Its seed moves on with the trials already made.
+        if study.trials:
+            study.sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed + len(study.trials))
+        return study
 
 
 def _get_or_create_parent(
@@ -138,7 +148,12 @@ def _get_or_create_parent(
     client = MlflowClient()
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent and tracking.run_exists(parent):
-        if client.get_run(parent).info.status != "RUNNING":
+        run = client.get_run(parent)
+        if run.info.status != "RUNNING" or not owner.is_alive(run.data.tags):
+            # Taken over by this process (the owner first, then RUNNING): the orphan sweep at
+            # each trial's start must see a live owner, not the interrupted one.
+            for name, value in tracking.run_tags("tune").items():
+                client.set_tag(parent, name, value)
             client.update_run(parent, status="RUNNING")
         return parent
     run = client.create_run(
@@ -231,6 +246,7 @@ def tune(
     with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
         study = _open_study(tune_cfg, reg, url)
         parent = _get_or_create_parent(study, reg.metric, tune_cfg, url, ctx.track())
+        requeue_interrupted(study)
     client = MlflowClient()
     log.info(
         "tune: study %s in %s, MLflow parent run %s, %d trials so far",
@@ -302,8 +318,37 @@ def _run_trial(
     except Interrupted:
         # Wherever the signal lands after ``ask`` (sampling, composing, training, logging), the
         # trial must not stay RUNNING in the study; if it was already told, leave it as it is.
+        if trial.number not in _finished_numbers(study):
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
         study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         raise
+
+
+def _finished_numbers(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue every interrupted trial's parameters again, once: the next trials run them.
+
+    Its configuration is the same, so its training resumes from the backup the interruption
+    left (the same MLflow run, continued), as the interrupted command promised.
+
+    Returns:
+        The numbers of the trials queued again.
+    """
+    done = set(study.user_attrs.get(REQUEUED_ATTR, []))
+    again = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in done and t.params
+    ]
+    for t in again:
+        study.enqueue_trial(t.params, user_attrs={"resumes_trial": t.number})
+        log.info("tune: trial %d was interrupted: its parameters run again", t.number)
+    if again:
+        study.set_user_attr(REQUEUED_ATTR, sorted(done | {t.number for t in again}))
+    return [t.number for t in again]
 
 
 def _train_trial(
@@ -332,6 +377,11 @@ def _train_trial(
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
     trial.set_user_attr("mlflow_run_id", result["run_id"])
+    # A trial that resumed an interrupted one's backup trained only the later epochs here:
+    # the study gets the earlier ones from the run, so its history is the run's.
+    for point in MlflowClient().get_metric_history(result["run_id"], metric):
+        if point.step not in pruning.reported:
+            trial.report(point.value, point.step)
     if pruning.pruned_at is not None:
         mlflow.MlflowClient().set_tag(result["run_id"], "optuna.state", "PRUNED")
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
