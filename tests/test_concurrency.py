@@ -58,9 +58,10 @@ def test_eight_processes_and_batches_lose_no_metric(tmp_path):
 def store_opener(uri: str, barrier) -> None:
     _as_outside_pytest()
     from fmnist_mlops import tracking
-    from fmnist_mlops.schema import MlflowCfg
+    from fmnist_mlops.config import compose, validate
 
-    settings = MlflowCfg(tracking_uri=uri, experiment="fresh")
+    overrides = [f"mlflow.tracking_uri={uri}", "mlflow.experiment=fresh"]
+    settings = validate(compose(overrides)).mlflow
     barrier.wait(timeout=120)
     tracking.setup(settings)
 

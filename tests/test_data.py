@@ -201,7 +201,7 @@ def test_download_fallback_fetches_into_keras_cache(tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_prepared(tmp_path_factory):
     require_real_data()
     out = tmp_path_factory.mktemp("real") / "prepared"

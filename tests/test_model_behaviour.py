@@ -36,7 +36,7 @@ FLIP_AGREEMENT_PER_CLASS = {
 TOLERANCE = 0.02
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_project(tmp_path_factory, real_data, project_copier, session_env):
     """A fresh copy of the project after `dvc repro` with the default config (real data)."""
     project = project_copier(tmp_path_factory.mktemp("default") / "project")
@@ -48,7 +48,7 @@ def default_project(tmp_path_factory, real_data, project_copier, session_env):
     return project
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def champion(default_project):
     import mlflow
 
@@ -58,7 +58,7 @@ def champion(default_project):
     return mlflow.pyfunc.load_model("models:/fashion-mnist-cnn@champion")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def splits(default_project):
     from fmnist_mlops.data import load_prepared
 

@@ -26,7 +26,7 @@ BUCKET = "fmnist-team"
 SECRET = "marker-secret-7f3a9c1e-never-logged"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real S3-compatible server process on loopback with one bucket; its endpoint URL."""
     import boto3  # the s3 extra: an ImportError here fails the test, as it should
@@ -78,7 +78,7 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team(s3, tmp_path_factory):
     """The tracking server with its artifacts in the bucket, and a smoke pipeline run through it."""
     require_real_data()
@@ -224,6 +224,14 @@ def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_
     assert seconds < 30, seconds
     refused, seconds = server("s3://no-such-bucket/mlflow", endpoint)
     assert "no such bucket" in refused_line(refused, "server") and seconds < 30
+    # An S3 server that checks credentials (moto with authentication on): ours are unknown.
+    port = free_port()
+    checking = f"http://127.0.0.1:{port}"
+    cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    env = venv_env(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    with http_process(cmd, env, f"{checking}/moto-api/", tmp_path / "moto.log"):
+        refused, seconds = server(f"s3://{BUCKET}/mlflow", checking)
+    assert "access denied" in refused_line(refused, "server") and seconds < 30
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     refused, _ = server(str(blocker / "artifacts"), endpoint)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # several real training processes at once
@@ -34,6 +35,7 @@ class Training:
             f"train.patience={epochs}",
             # 128 steps an epoch: a run is still at its first epochs when the test freezes it.
             "train.batch_size=4",
+            *TINY_MODEL,  # what is tested is who owns a run, not the network
             f"paths.prepared={prepared}",
             f"paths.scratch={tmp_path / 'scratch'}",
             f"mlflow.tracking_uri=sqlite:///{self.db}",

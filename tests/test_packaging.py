@@ -159,7 +159,7 @@ COMBOS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def resolved():
     """Every target × Python × extra set, resolved in parallel: pins or the resolver's error."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import clone_store, copy_project, load_script, require_real_data, venv_env
+from helpers import TINY_MODEL, clone_store, copy_project, load_script, require_real_data, venv_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -328,12 +328,13 @@ def test_three_queued_experiments_on_two_workers_one_interrupted(smoke_project, 
     project = smoke_project
     before = {r.info.run_id for r in runs(project)}
     names = [f"q3-{seed}" for seed in (41, 42, 43)]
+    tiny = [a for override in TINY_MODEL for a in ("-S", override)]
     for name in names:
         # The first is interrupted after its first epoch: it must still be training then.
         epochs = 200 if name == names[0] else 6
         dvc(
             project,
-            *("exp", "run", "--queue", "-n", name, "-S", "+experiment=smoke"),
+            *("exp", "run", "--queue", "-n", name, "-S", "+experiment=smoke", *tiny),
             *("-S", f"seed={name[-2:]}", "-S", f"train.epochs={epochs}"),
             *("-S", f"train.patience={epochs}"),
         )
@@ -401,7 +402,7 @@ def test_three_queued_experiments_on_two_workers_one_interrupted(smoke_project, 
     count = len(runs(project))
     out = dvc(
         project,
-        *("exp", "run", "-S", "+experiment=smoke", "-S", f"seed={names[1][-2:]}"),
+        *("exp", "run", "-S", "+experiment=smoke", *tiny, "-S", f"seed={names[1][-2:]}"),
         *("-S", "train.epochs=6", "-S", "train.patience=6"),
     ).stdout
     assert "Stage 'train' is cached - skipping run" in out
@@ -420,7 +421,7 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
         dvc(
             project,
             *("exp", "run", "-n", name, "-S", "+experiment=smoke"),
-            *("-S", f"train.epochs={epochs}", "-S", f"train.patience={epochs}"),
+            *("-S", f"train.epochs={epochs}", "-S", "train.patience=6"),
         )
     client = client_for(project)
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
@@ -468,6 +469,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
         "-m",
         "fmnist_mlops.params",
         "+experiment=smoke",
+        *TINY_MODEL,  # the network does not matter here: the interruption does
         "train.epochs=20",
         "train.patience=20",
         "train.batch_size=16",

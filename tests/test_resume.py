@@ -67,7 +67,7 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
 BACKUP_OVERRIDES = ("train.epochs=2", "train.patience=5")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def backup_template(build_once, smoke_prepared) -> Path:
     """A store with one run and the backup its fit left after two epochs (built once)."""
 

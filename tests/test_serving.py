@@ -28,13 +28,13 @@ MODEL_URI = "models:/fashion-mnist-cnn@champion"
 ONE_SERVER = pytest.mark.xdist_group("model-server")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def champion(shared_champion):
     """The session's smoke-trained, evaluated and promoted model: only read here."""
     return shared_champion
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(champion, tmp_path_factory):
     port = free_port()
     env = venv_env(

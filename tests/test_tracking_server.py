@@ -66,7 +66,7 @@ def test_unreachable_postgres_is_one_line_before_mlflow_starts():
     assert "hunter2" not in result.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tracking_server(postgres, tmp_path_factory):
     """``python -m fmnist_mlops.tracking_server`` (``make server``) on a fresh database."""
     admin = sqlalchemy.create_engine(backend_store_uri(postgres), isolation_level="AUTOCOMMIT")

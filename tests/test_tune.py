@@ -293,8 +293,8 @@ def test_a_rerun_of_an_interrupted_study_continues_it_without_repeating_a_trial(
     args = (
         "tune.n_trials=3",
         "tune.pruner.n_startup_trials=10",  # no pruning: every trial trains to its end
-        "train.epochs=20",
-        "train.patience=20",
+        "train.epochs=8",
+        "train.patience=8",
     )
     cmd = tune_cmd(tmp_path, smoke_prepared, *args)
     proc = subprocess.Popen(
@@ -345,6 +345,6 @@ def test_a_rerun_of_an_interrupted_study_continues_it_without_repeating_a_trial(
     run = client.get_run(interrupted_run)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.trial"] == str(again.number)
     steps = [m.step for m in client.get_metric_history(interrupted_run, "val_loss")]
-    assert steps == list(range(20)), "every epoch once"
+    assert steps == list(range(8)), "every epoch once"
     assert client.get_run(parent).info.status == "FINISHED"
     assert json.loads(out.strip().splitlines()[-1])["parent_run_id"] == parent

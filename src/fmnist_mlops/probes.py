@@ -3,7 +3,7 @@
 MLflow retries a failed upload for minutes and a tracking server answers ``/health`` without
 ever touching its bucket, so a broken store showed only at a run's first upload. The stages
 and ``make server`` probe first and refuse in one line naming the cause: connection refused,
-no such bucket, access denied.
+no such bucket, access denied. A leaf module: it answers with the problem, the caller refuses.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from fmnist_mlops.errors import ConfigError
-
 PROBE_NAME = ".fmnist-mlops-probe"
+
+
+class ProbeFailed(Exception):
+    """The store cannot take a write; the message is the one line to show."""
 
 
 def probe(location: str, what: str, timeout: float, tracking_uri: str | None = None) -> None:
@@ -31,7 +33,7 @@ def probe(location: str, what: str, timeout: float, tracking_uri: str | None = N
         tracking_uri: The tracking server's URL, for ``mlflow-artifacts:`` locations.
 
     Raises:
-        ConfigError: the store cannot take a write, with the cause in one line.
+        ProbeFailed: the store cannot take a write, with the cause in one line.
     """
     parsed = urllib.parse.urlparse(location)
     name = f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}"
@@ -50,7 +52,7 @@ def _probe_folder(folder: Path, name: str, what: str) -> None:
         (folder / name).write_bytes(b"probe")
         (folder / name).unlink()
     except OSError as exc:
-        raise ConfigError(f"{what} {folder} cannot take a write ({exc.strerror})") from None
+        raise ProbeFailed(f"{what} {folder} cannot take a write ({exc.strerror})") from None
 
 
 def _probe_proxy(base: str, path: str, name: str, what: str, timeout: float) -> None:
@@ -63,13 +65,13 @@ def _probe_proxy(base: str, path: str, name: str, what: str, timeout: float) -> 
             urllib.request.urlopen(request, timeout=timeout).close()
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
-            raise ConfigError(
+            raise ProbeFailed(
                 f"{shown} cannot take a write: HTTP {exc.code} to a probe {method} "
                 f"({_cause(body) or exc.reason}); see the tracking server's log"
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ConfigError(f"{shown} cannot take a write ({reason})") from None
+            raise ProbeFailed(f"{shown} cannot take a write ({reason})") from None
 
 
 def _probe_s3(bucket: str, prefix: str, name: str, what: str, timeout: float) -> None:
@@ -90,17 +92,17 @@ def _probe_s3(bucket: str, prefix: str, name: str, what: str, timeout: float) ->
         client.put_object(Bucket=bucket, Key=key, Body=b"probe")
         client.delete_object(Bucket=bucket, Key=key)
     except botocore.exceptions.EndpointConnectionError as exc:
-        raise ConfigError(f"{shown} cannot take a write (connection refused: {exc})") from None
+        raise ProbeFailed(f"{shown} cannot take a write (connection refused: {exc})") from None
     except botocore.exceptions.NoCredentialsError:
-        raise ConfigError(
+        raise ProbeFailed(
             f"{shown} cannot take a write (no credentials: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY)"
         ) from None
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        raise ConfigError(f"{shown} cannot take a write ({_cause(code) or code})") from None
+        raise ProbeFailed(f"{shown} cannot take a write ({_cause(code) or code})") from None
     except botocore.exceptions.BotoCoreError as exc:
-        raise ConfigError(f"{shown} cannot take a write ({exc})") from None
+        raise ProbeFailed(f"{shown} cannot take a write ({exc})") from None
 
 
 _CAUSES = {

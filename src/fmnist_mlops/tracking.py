@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops import owner
 from fmnist_mlops.paths import file_lock, project_root, sqlite_dir, store_root
-from fmnist_mlops.probes import probe
+from fmnist_mlops.probes import ProbeFailed, probe
 from fmnist_mlops.schema import MlflowCfg
 
 log = logging.getLogger(__name__)
@@ -169,12 +169,17 @@ def setup(settings: MlflowCfg) -> str:
     mlflow.set_experiment(experiment_id=experiment_id)
     # Before any run: an artifact store that cannot take a write is refused in one line now,
     # not after minutes of upload retries at the end of a training.
-    probe(
-        mlflow.get_experiment(experiment_id).artifact_location,
-        f"the artifact store of experiment {name!r}",
-        settings.probe_timeout_s,
-        uri if uri.startswith(("http://", "https://")) else None,
-    )
+    try:
+        probe(
+            mlflow.get_experiment(experiment_id).artifact_location,
+            f"the artifact store of experiment {name!r}",
+            settings.probe_timeout_s,
+            uri if uri.startswith(("http://", "https://")) else None,
+        )
+    except ProbeFailed as exc:
+        from fmnist_mlops.errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
     return experiment_id
 
 

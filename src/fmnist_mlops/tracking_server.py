@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fmnist_mlops.errors import ConfigError
 from fmnist_mlops.paths import store_root
-from fmnist_mlops.probes import probe
+from fmnist_mlops.probes import ProbeFailed, probe
 from fmnist_mlops.tracking import hide_password, sqlalchemy_url
 
 _SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     check_reachable(backend)
     artifacts = args.artifacts_destination or str(store_root() / "mlruns")
     # `mlflow server` starts and answers /health without touching its artifact store.
-    probe(artifacts, "the artifacts destination", timeout=30)
+    try:
+        probe(artifacts, "the artifacts destination", timeout=30)
+    except ProbeFailed as exc:
+        raise ConfigError(str(exc)) from None
     cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
     print(
         f"mlflow server: backend {hide_password(backend)}, artifacts {artifacts}, "
