@@ -73,7 +73,7 @@ repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+
 # on two cores; tests sharing a module's server or project stay in one process (xdist_group).
 PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; about 20 min)
+test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; ~35 min on 2 cores)
 	$(PYTEST) --durations=25
 
 test-fast: $(STAMP) data ## The fast tier: pure code and command contracts (~2 min; run it after every edit)

@@ -37,15 +37,24 @@ TOLERANCE = 0.02
 
 
 @pytest.fixture(scope="session")
-def default_project(tmp_path_factory, real_data, project_copier, session_env):
-    """A fresh copy of the project after `dvc repro` with the default config (real data)."""
-    project = project_copier(tmp_path_factory.mktemp("default") / "project")
-    dvc = str(Path(sys.executable).parent / "dvc")
-    proc = subprocess.run(
-        [dvc, "repro"], cwd=project, env=session_env, capture_output=True, text=True, timeout=1800
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return project
+def default_project(build_once, real_data, project_copier, session_env):
+    """A fresh copy of the project after `dvc repro` with the default config (real data),
+    built once per session whichever test process asks first (only read afterwards)."""
+
+    def build(folder: Path) -> None:
+        project = project_copier(folder)
+        dvc = str(Path(sys.executable).parent / "dvc")
+        proc = subprocess.run(
+            [dvc, "repro"],
+            cwd=project,
+            env=session_env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return build_once("default-project", build)
 
 
 @pytest.fixture(scope="session")
