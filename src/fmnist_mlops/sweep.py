@@ -137,12 +137,7 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
         )
     if status not in ("RUNNING", "KILLED"):
         return None
-    # The owner first, then RUNNING: a job's orphan sweep must never see it ownerless.
-    for name, value in tracking.run_tags("sweep").items():
-        client.set_tag(parent, name, value)
-    if "failure" in run.data.tags:
-        client.delete_tag(parent, "failure")
-    client.update_run(parent, status="RUNNING")
+    tracking.take_over(client, parent, "sweep")
     children = client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
     )

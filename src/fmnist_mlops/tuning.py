@@ -150,11 +150,7 @@ def _get_or_create_parent(
     if parent and tracking.run_exists(parent):
         run = client.get_run(parent)
         if run.info.status != "RUNNING" or not owner.is_alive(run.data.tags):
-            # Taken over by this process (the owner first, then RUNNING): the orphan sweep at
-            # each trial's start must see a live owner, not the interrupted one.
-            for name, value in tracking.run_tags("tune").items():
-                client.set_tag(parent, name, value)
-            client.update_run(parent, status="RUNNING")
+            tracking.take_over(client, parent, "tune")
         return parent
     run = client.create_run(
         experiment_id,
