@@ -75,12 +75,16 @@ def _probe_proxy(base: str, path: str, name: str, what: str, timeout: float) -> 
 
 
 def _probe_s3(bucket: str, prefix: str, name: str, what: str, timeout: float) -> None:
-    import boto3
-    import botocore.config
-    import botocore.exceptions
-
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
     shown = f"{what} s3://{bucket}/{prefix}" + (f" at {endpoint}" if endpoint else "")
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        raise ProbeFailed(
+            f"{shown} needs boto3 and botocore: install the s3 extra (`make install` does)"
+        ) from None
     config = botocore.config.Config(
         connect_timeout=min(timeout, 10),
         read_timeout=timeout,
