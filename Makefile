@@ -70,7 +70,8 @@ repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+
 	source $(BIN)/activate && dvc repro
 
 # Two test processes: most tests wait on subprocesses, servers and stores, so two overlap well
-# on two cores; tests sharing a module's server or project stay in one process (xdist_group).
+# on two cores. What is costly to build is built once per run by tests/conftest.py's build_once
+# (xdist_group marks ask to keep a module's server in one process; xdist does not always).
 PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; ~35 min on 2 cores)
