@@ -71,7 +71,7 @@ repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+
 
 # Two test processes: most tests wait on subprocesses, servers and stores, so two overlap well
 # on two cores. What is costly to build is built once per run by tests/conftest.py's build_once
-# (xdist_group marks ask to keep a module's server in one process; xdist does not always).
+# and xdist_group marks keep a module's live server in one process (pytest <9.2, pyproject.toml).
 PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; ~35 min on 2 cores)

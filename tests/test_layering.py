@@ -174,3 +174,47 @@ def test_test_modules_stand_alone(project_root):
                 continue
             found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in modules]
     assert found == []
+
+
+def test_xdist_groups_stay_in_one_process(tmp_path):
+    """`make test` runs two processes with ``--dist loadgroup``: tests marked with one
+    ``xdist_group`` (a module's server or trained model) must all run in the same process, or
+    each process builds the shared thing again (pytest 9.2 with pytest-xdist 3.8 dropped them)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.xdist_group('one')\n"
+        "@pytest.mark.parametrize('i', range(8))\n"
+        "def test_grouped(i):\n"
+        "    print('WORKER', os.environ['PYTEST_XDIST_WORKER'])\n"
+        "@pytest.mark.parametrize('i', range(8))\n"
+        "def test_free(i):\n"
+        "    pass\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "test_grouped.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-2000:]
+    ran = [line.split() for line in out.stdout.splitlines() if line.startswith("[gw")]
+    grouped = {words[0] for words in ran if "::test_grouped" in words[-1]}
+    free = {words[0] for words in ran if "::test_free" in words[-1]}
+    assert len(grouped) == 1, f"one group ran in {sorted(grouped)}"
+    assert free <= {"[gw0]", "[gw1]"} and free, out.stdout[-2000:]
