@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.cli import skip_exit_collection
-    from fmnist_mlops.config import validate
-    from fmnist_mlops.data import Splits, load_raw, locate, split
-    from fmnist_mlops.fitting import fit
-    from fmnist_mlops.scoring import assess
+    from fmnist_mlops.config.compose import validate
+    from fmnist_mlops.data.dataset import Splits, load_raw, locate, split
+    from fmnist_mlops.evaluate.scoring import assess
+    from fmnist_mlops.runtime.cli import skip_exit_collection
+    from fmnist_mlops.train.fitting import fit
 
     skip_exit_collection()  # as every stage does: a fair yardstick
     config = validate(OmegaConf.load(ROOT / "params.yaml"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_mlops.model_server import running
+from fmnist_mlops.serving.model_server import running
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -90,14 +90,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.model_uri is None:
-        from fmnist_mlops.config import champion_uri
+        from fmnist_mlops.config.compose import champion_uri
 
         args.model_uri = champion_uri()
 
     import mlflow
 
     sys.path.insert(0, str(ROOT / "src"))
-    from fmnist_mlops.scoring import load_network
+    from fmnist_mlops.evaluate.scoring import load_network
 
     with np.load(ROOT / "data" / "prepared" / "test.npz") as npz:
         pixels = npz["x"]

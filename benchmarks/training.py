@@ -163,7 +163,7 @@ def train_mflop_per_image() -> tuple[float, float]:
     """
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.model import build_model
+    from fmnist_mlops.model.cnn import build_model
 
     model = build_model(OmegaConf.load(ROOT / "params.yaml").model)
     forward, first = 0.0, None
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.config import compose
+    from fmnist_mlops.config.compose import compose
 
     cfg = compose(args.overrides, config_dir=ROOT / "conf")
     precision = "bfloat16" if cfg.train.get("precision") == "mixed_bfloat16" else "float32"

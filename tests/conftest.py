@@ -29,8 +29,8 @@ from helpers import (
 )
 from omegaconf import open_dict
 
-from fmnist_mlops.config import compose
-from fmnist_mlops.paths import file_lock
+from fmnist_mlops.config.compose import compose
+from fmnist_mlops.runtime.paths import file_lock
 
 HEAVY_AT_COLLECTION = ("tensorflow", "keras")
 
@@ -129,7 +129,7 @@ def smoke_prepared(build_once) -> Path:
     require_real_data()
 
     def build(folder: Path) -> None:
-        from fmnist_mlops.preparation import prepare
+        from fmnist_mlops.data.preparation import prepare
 
         cfg = compose(["+experiment=smoke"], config_dir=ROOT / "conf")
         with open_dict(cfg):
@@ -150,8 +150,8 @@ def champion_template(build_once, smoke_prepared) -> Path:
     """A smoke store whose one run was trained, evaluated and promoted to @champion."""
 
     def build(folder: Path) -> None:
-        from fmnist_mlops.context import open_stage
-        from fmnist_mlops.promotion import promote
+        from fmnist_mlops.registry.promotion import promote
+        from fmnist_mlops.tracking.context import open_stage
 
         cfg = pipeline(folder, smoke_prepared, f"sqlite:///{folder / 'mlflow.db'}")
         assert promote(open_stage(cfg))["promote"]

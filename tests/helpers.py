@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from fmnist_mlops.config import compose
-from fmnist_mlops.data import SPECS
-from fmnist_mlops.model_server import running as http_process  # noqa: F401 - for the tests
+from fmnist_mlops.config.compose import compose
+from fmnist_mlops.data.dataset import SPECS
+from fmnist_mlops.serving.model_server import running as http_process  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -44,43 +44,43 @@ def load_script(relative: str):
 
 
 def train(ctx, **kwargs):
-    """:func:`fmnist_mlops.training.train`."""
-    from fmnist_mlops.training import train as run
+    """:func:`fmnist_mlops.train.training.train`."""
+    from fmnist_mlops.train.training import train as run
 
     return run(ctx, **kwargs)
 
 
 def evaluate(ctx, **kwargs):
-    """:func:`fmnist_mlops.evaluation.evaluate`."""
-    from fmnist_mlops.evaluation import evaluate as run
+    """:func:`fmnist_mlops.evaluate.evaluation.evaluate`."""
+    from fmnist_mlops.evaluate.evaluation import evaluate as run
 
     return run(ctx, **kwargs)
 
 
 def fit(*args, **kwargs):
-    """:func:`fmnist_mlops.fitting.fit`."""
-    from fmnist_mlops.fitting import fit as run
+    """:func:`fmnist_mlops.train.fitting.fit`."""
+    from fmnist_mlops.train.fitting import fit as run
 
     return run(*args, **kwargs)
 
 
 def build_report(ctx, **kwargs):
-    """:func:`fmnist_mlops.reporting.build_report`."""
-    from fmnist_mlops.reporting import build_report as run
+    """:func:`fmnist_mlops.evaluate.reporting.build_report`."""
+    from fmnist_mlops.evaluate.reporting import build_report as run
 
     return run(ctx, **kwargs)
 
 
 def evaluate_and_promote(ctx, **kwargs):
-    """:func:`fmnist_mlops.stages.evaluate_and_promote`."""
-    from fmnist_mlops.stages import evaluate_and_promote as run
+    """:func:`fmnist_mlops.registry.stages.evaluate_and_promote`."""
+    from fmnist_mlops.registry.stages import evaluate_and_promote as run
 
     return run(ctx, **kwargs)
 
 
 def pipeline(tmp: Path, prepared: Path, uri: str, *overrides: str):
     """Train and evaluate a smoke model into the store at ``uri``; its config."""
-    from fmnist_mlops.context import open_stage
+    from fmnist_mlops.tracking.context import open_stage
 
     cfg = smoke_config(tmp, prepared, *overrides)
     with open_dict(cfg):

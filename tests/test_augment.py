@@ -23,13 +23,13 @@ def augmented(images: np.ndarray, **kw) -> np.ndarray:
     """``images`` through :func:`augment_batch` with the settings ``kw`` and a fixed seed."""
     import tensorflow as tf
 
-    from fmnist_mlops.augment import augment_batch
+    from fmnist_mlops.data.augment import augment_batch
 
     return augment_batch(tf.constant(images), tf.constant([1, 2], tf.int64), aug(**kw)).numpy()
 
 
 def test_off_means_nothing_changes(images):
-    from fmnist_mlops.augment import enabled
+    from fmnist_mlops.data.augment import enabled
 
     assert not enabled(aug()) and not enabled(None)
     out = augmented(images)
@@ -75,8 +75,8 @@ def test_erase_replaces_one_rectangle_in_the_chosen_share_of_images(images):
 
 def epochs_of(x, y, batch_size, seed, cfg, n_epochs):
     """The first ``n_epochs`` epochs of the endless training dataset, as lists of batches."""
-    from fmnist_mlops.augment import batch_transform
-    from fmnist_mlops.feed import batches_per_epoch, training_batches
+    from fmnist_mlops.data.augment import batch_transform
+    from fmnist_mlops.data.feed import batches_per_epoch, training_batches
 
     ds = training_batches(x, y, batch_size, seed, batch_transform(cfg))
     steps = batches_per_epoch(len(x), batch_size)

@@ -57,13 +57,13 @@ def test_eight_processes_and_batches_lose_no_metric(tmp_path):
 
 def store_opener(uri: str, barrier) -> None:
     _as_outside_pytest()
-    from fmnist_mlops import tracking
-    from fmnist_mlops.config import compose, validate
+    from fmnist_mlops.config.compose import compose, validate
+    from fmnist_mlops.tracking import store
 
     overrides = [f"mlflow.tracking_uri={uri}", "mlflow.experiment=fresh"]
     settings = validate(compose(overrides)).mlflow
     barrier.wait(timeout=120)
-    tracking.setup(settings)
+    store.setup(settings)
 
 
 def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):

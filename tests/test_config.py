@@ -14,9 +14,9 @@ import yaml
 from helpers import ROOT, venv_env
 from omegaconf import OmegaConf
 
-from fmnist_mlops.config import compose, params_yaml, validate
-from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.tracking import flatten
+from fmnist_mlops.config.compose import compose, params_yaml, validate
+from fmnist_mlops.runtime.errors import ConfigError
+from fmnist_mlops.tracking.store import flatten
 
 
 def test_defaults_expose_the_documented_interface():
@@ -57,7 +57,7 @@ def test_committed_params_yaml_is_what_conf_composes():
 def test_check_mode_detects_stale_params(tmp_path):
     stale = tmp_path / "params.yaml"
     stale.write_text(params_yaml(config_dir=ROOT / "conf").replace("patience: 2", "patience: 7"))
-    cmd = [sys.executable, "-m", "fmnist_mlops.params", "--check", "--output", str(stale)]
+    cmd = [sys.executable, "-m", "fmnist_mlops.config.params", "--check", "--output", str(stale)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env())
     assert result.returncode == 1 and "stale" in result.stdout
     subprocess.run(cmd[:3] + ["--output", str(stale)], cwd=ROOT, check=True, env=venv_env())
@@ -143,7 +143,9 @@ def local_imports(module_file: Path, package_dir: Path, seen: set[Path]) -> set[
                 if parts
                 else package_dir / "__init__.py"
             )
-            for path in (candidate, package_dir / "__init__.py"):
+            # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+            inits = [package_dir.joinpath(*parts[:i], "__init__.py") for i in range(len(parts))]
+            for path in (candidate, *inits):
                 if path.is_file() and path not in seen:
                     seen.add(path)
                     local_imports(path, package_dir, seen)
@@ -151,7 +153,7 @@ def local_imports(module_file: Path, package_dir: Path, seen: set[Path]) -> set[
 
 
 # Files a stage copies into what it produces without importing them (models-from-code).
-CODE_FILES_LOGGED = {"train": {"src/fmnist_mlops/pyfunc_model.py"}}
+CODE_FILES_LOGGED = {"train": {"src/fmnist_mlops/model/pyfunc_model.py"}}
 
 
 def test_each_stage_depends_on_exactly_the_code_it_runs():
@@ -177,7 +179,7 @@ def test_stage_params_exist_in_params_yaml():
 def test_ad_hoc_runs_do_not_write_dvc_outputs():
     cfg = compose(config_dir=ROOT / "conf")
     assert cfg.paths.out is None and cfg.paths.scratch == "scratch"
-    from fmnist_mlops.scratch import out_dir
+    from fmnist_mlops.tracking.scratch import out_dir
 
     scratch = out_dir(cfg.paths.out, "train", cfg.paths.scratch)
     try:
@@ -247,6 +249,6 @@ def test_every_config_variant_composes_and_validates(group, option):
     override = f"+{group}={option}" if group == "experiment" else f"{group}={option}"
     config = validate(compose([override], config_dir=ROOT / "conf"))
     if group == "model":
-        from fmnist_mlops.model import build_model
+        from fmnist_mlops.model.cnn import build_model
 
         assert build_model(config.model).count_params() > 0

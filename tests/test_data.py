@@ -19,8 +19,8 @@ import pytest
 from helpers import ROOT, free_port, require_real_data, venv_env
 from omegaconf import OmegaConf, open_dict
 
-from fmnist_mlops.config import compose
-from fmnist_mlops.data import (
+from fmnist_mlops.config.compose import compose
+from fmnist_mlops.data.dataset import (
     IMAGE_MAGIC,
     LABEL_MAGIC,
     SPECS,
@@ -29,8 +29,8 @@ from fmnist_mlops.data import (
     locate,
     read_idx,
 )
-from fmnist_mlops.errors import DataError
-from fmnist_mlops.preparation import prepare
+from fmnist_mlops.data.preparation import prepare
+from fmnist_mlops.runtime.errors import DataError
 
 
 def idx_bytes(magic: int, count: int, payload: bytes, dims=(28, 28)) -> bytes:

@@ -13,9 +13,10 @@ from helpers import train
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from fmnist_mlops import nesting, sweep, tracking
-from fmnist_mlops.config import validate
-from fmnist_mlops.context import open_stage
+from fmnist_mlops.config.compose import validate
+from fmnist_mlops.experiments import sweep
+from fmnist_mlops.tracking import nesting, store
+from fmnist_mlops.tracking.context import open_stage
 
 SCRIPTS = "src"
 
@@ -92,7 +93,7 @@ def test_evaluate_register_report_rollback_by_run_id_with_every_scratch_folder_g
     assert second["promotion"]["promote"] is True, second["promotion"]["reason"]
     assert second["promotion"]["champion_after"] == 2
 
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     for run_id in (weak["run_id"], good["run_id"]):
         assert "test_accuracy" in client.get_run(run_id).data.metrics
@@ -121,9 +122,9 @@ def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
     smoke_cfg, tmp_path, monkeypatch
 ):
     base = adhoc_cfg(smoke_cfg, tmp_path)
-    experiment_id = tracking.setup(validate(base).mlflow)
+    experiment_id = store.setup(validate(base).mlflow)
     client = MlflowClient()
-    parent = client.create_run(experiment_id, tags=tracking.run_tags("sweep")).info.run_id
+    parent = client.create_run(experiment_id, tags=store.run_tags("sweep")).info.run_id
     # What the sweep callback sets for each job (the real jobs run in this process).
     monkeypatch.setenv(nesting.PARENT_ENV, parent)
     children = []
@@ -181,7 +182,7 @@ def test_a_study_extended_after_its_scratch_is_deleted_promotes_its_best_trial(
     )
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2 and extended["parent_run_id"] == first["parent_run_id"]
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("fashion-mnist")
     children = client.search_runs(
@@ -212,7 +213,8 @@ def test_clean_removes_only_scratch_folders_whose_owner_is_gone(tmp_path, subpro
     import socket
     import time
 
-    from fmnist_mlops import owner, scratch
+    from fmnist_mlops.runtime import owner
+    from fmnist_mlops.tracking import scratch
 
     root = tmp_path / "scratch"
     live_proc = subprocess.Popen(["sleep", "60"])
@@ -237,7 +239,7 @@ def test_clean_removes_only_scratch_folders_whose_owner_is_gone(tmp_path, subpro
         (root / "unowned-old").mkdir()
         os.utime(root / "unowned-old", (time.time() - 3600, time.time() - 3600))
         proc = subprocess.run(
-            [sys.executable, "-m", "fmnist_mlops.scratch", "--root", str(root)],
+            [sys.executable, "-m", "fmnist_mlops.tracking.scratch", "--root", str(root)],
             env=subprocess_env,
             capture_output=True,
             text=True,

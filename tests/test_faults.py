@@ -14,9 +14,10 @@ import pytest
 from helpers import ROOT, smoke_config, start_training, train, venv_env
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import errors, tracking
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.errors import TrainingDiverged
+from fmnist_mlops.runtime import errors
+from fmnist_mlops.runtime.errors import TrainingDiverged
+from fmnist_mlops.tracking import store
+from fmnist_mlops.tracking.context import open_stage
 
 
 def only_run(uri: str):
@@ -54,10 +55,10 @@ def test_sigkilled_run_is_marked_killed_by_the_next_start(tmp_path, smoke_prepar
     other = client.create_run(
         exp_id, tags={"host": "some-other-host", "pid": "1", "process_start": "0"}
     )
-    live = client.create_run(exp_id, tags=tracking.run_tags("train"))
+    live = client.create_run(exp_id, tags=store.run_tags("train"))
     assert live.data.tags["host"] == socket.gethostname()
 
-    marked = tracking.mark_orphaned_runs(exp_id)
+    marked = store.mark_orphaned_runs(exp_id)
     assert marked == [run.info.run_id]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert "is gone" in client.get_run(run.info.run_id).data.tags["killed_reason"]
@@ -123,7 +124,7 @@ def test_a_signal_inside_a_store_call_is_held_back_until_the_call_returns():
     marked KILLED ("database is locked"). Such a signal is noted and raised at the next check."""
     import sys
 
-    from fmnist_mlops import cli, errors
+    from fmnist_mlops.runtime import cli, errors
 
     store_code = {"__name__": "sqlalchemy.engine.example"}
     exec("import sys\ndef call(fn):\n    return fn(sys._getframe())\n", store_code)

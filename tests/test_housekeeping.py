@@ -9,11 +9,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import owner
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.housekeeping import clean_runs
-from fmnist_mlops.promotion import promote
-from fmnist_mlops.resume import CLAIM_FILE
+from fmnist_mlops.experiments.housekeeping import clean_runs
+from fmnist_mlops.registry.promotion import promote
+from fmnist_mlops.runtime import owner
+from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.train.resume import CLAIM_FILE
 
 
 @pytest.mark.integration

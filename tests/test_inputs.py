@@ -8,9 +8,9 @@ import sys
 import pytest
 from omegaconf import open_dict
 
-from fmnist_mlops import tracking
-from fmnist_mlops.config import compose, validate
-from fmnist_mlops.errors import ConfigError
+from fmnist_mlops.config.compose import compose, validate
+from fmnist_mlops.runtime.errors import ConfigError
+from fmnist_mlops.tracking import store
 
 SCRIPTS = ("prepare", "train", "evaluate", "register", "rollback", "report", "tune")
 
@@ -136,13 +136,13 @@ def test_an_explicit_tracking_uri_is_used_or_refused(tmp_path, monkeypatch):
         with open_dict(cfg):
             cfg.mlflow.tracking_uri = uri
         with pytest.raises(ConfigError, match=problem) as err:
-            tracking.setup(validate(cfg).mlflow)
+            store.setup(validate(cfg).mlflow)
         assert str(err.value).startswith("mlflow.tracking_uri=")
     with open_dict(cfg):
         cfg.mlflow.tracking_uri = None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI='foo://bar' has no supported"):
-        tracking.setup(validate(cfg).mlflow)
+        store.setup(validate(cfg).mlflow)
 
 
 def png_header_only(path, width: int, height: int):
@@ -202,7 +202,7 @@ def test_predict_refuses_bad_arguments_and_images_in_one_line(
 def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subprocess_env):
     from PIL import Image, ImageDraw
 
-    from fmnist_mlops.prediction import MAX_PIXELS
+    from fmnist_mlops.serving.prediction import MAX_PIXELS
 
     width, height = 9000, MAX_PIXELS // 9000  # 89,478,000 pixels: just under the cap
     image = Image.new("L", (width, height), 255)
@@ -211,7 +211,7 @@ def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subproc
     del image
     code = (
         "import resource, sys; from pathlib import Path\n"
-        "from fmnist_mlops.prediction import load_images\n"
+        "from fmnist_mlops.serving.prediction import load_images\n"
         f"x = load_images([Path({str(tmp_path / 'big.png')!r})])\n"
         "print(x.shape, float(x.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -273,10 +273,15 @@ def test_an_unusable_output_folder_is_refused_before_any_run(
 
 # Every `python -m fmnist_mlops.<module>` command shares the stages' failure path (cli.fail).
 MODULE_COMMANDS = {
-    "clean-runs": ["-m", "fmnist_mlops.housekeeping", "--no-dvc", "--tracking-uri=foo://x"],
-    "server": ["-m", "fmnist_mlops.tracking_server", "--backend-store-uri=foo://x"],
-    "params": ["-m", "fmnist_mlops.params", "--output={tmp}/p.yaml", "train.lr=-1"],
-    "clean": ["-m", "fmnist_mlops.scratch", "--root={tmp}/a-file"],
+    "clean-runs": [
+        "-m",
+        "fmnist_mlops.experiments.housekeeping",
+        "--no-dvc",
+        "--tracking-uri=foo://x",
+    ],
+    "server": ["-m", "fmnist_mlops.tracking.server", "--backend-store-uri=foo://x"],
+    "params": ["-m", "fmnist_mlops.config.params", "--output={tmp}/p.yaml", "train.lr=-1"],
+    "clean": ["-m", "fmnist_mlops.tracking.scratch", "--root={tmp}/a-file"],
     "predict": ["src/predict.py", "--top-k=99", "--test-samples=1"],
 }
 

@@ -14,10 +14,10 @@ HEAVY = ("tensorflow", "keras", "matplotlib")
 LIGHT = {
     "make rollback": ("src/rollback.py", ["mlflow.tracking_uri=sqlite:///{tmp}/m.db"]),
     "make clean-runs": (
-        "-m fmnist_mlops.housekeeping",
+        "-m fmnist_mlops.experiments.housekeeping",
         ["--no-dvc", "--tracking-uri=sqlite:///{tmp}/m.db"],
     ),
-    "make clean": ("-m fmnist_mlops.scratch", ["--root={tmp}/scratch"]),
+    "make clean": ("-m fmnist_mlops.tracking.scratch", ["--root={tmp}/scratch"]),
     # Bad input is refused before a stage imports anything heavy (one second, not eight).
     "train refusing train.epochs=0": ("src/train.py", ["train.epochs=0"]),
     "evaluate refusing registry.mode=up": ("src/evaluate.py", ["registry.mode=up"]),
@@ -113,15 +113,20 @@ def test_the_level_count_sees_lazy_imports(tmp_path):
 
 
 def test_every_module_of_the_package_sits_in_a_layer(project_root):
-    """A module left out of the contract would be unconstrained."""
+    """The contract names packages: every module lives in one, none loose at the top, and
+    every package is a layer (a package left out of the contract would be unconstrained)."""
     import tomllib
 
     config = tomllib.loads((project_root / "pyproject.toml").read_text())
     (contract,) = config["tool"]["importlinter"]["contracts"]
     listed = {m.strip() for layer in contract["layers"] for m in layer.split("|")}
     package = project_root / "src" / "fmnist_mlops"
-    modules = {f"fmnist_mlops.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
-    assert modules - listed == set()
+    loose = sorted(p.name for p in package.glob("*.py") if p.stem != "__init__")
+    assert loose == [], f"modules outside a layer package: {loose}"
+    packages = {f"fmnist_mlops.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    assert packages == listed
+    nested = sorted(str(p.relative_to(package)) for p in package.glob("*/*/*.py"))
+    assert nested == [], f"one level of packages: {nested}"
 
 
 def test_no_function_is_longer_than_80_lines(project_root):

@@ -7,12 +7,12 @@ import pytest
 from helpers import ROOT
 from omegaconf import OmegaConf
 
-from fmnist_mlops.config import compose, validate
+from fmnist_mlops.config.compose import compose, validate
 
 
 def build_model(*args, **kwargs):
-    """:func:`fmnist_mlops.model.build_model` (Keras is imported by the tests, not collection)."""
-    from fmnist_mlops.model import build_model as build
+    """:func:`fmnist_mlops.model.cnn.build_model` (Keras is imported by tests, not collection)."""
+    from fmnist_mlops.model.cnn import build_model as build
 
     return build(*args, **kwargs)
 
@@ -58,7 +58,7 @@ def test_takes_raw_pixels_and_returns_probabilities():
 def test_filters_from_config_change_the_network():
     overrides = ["model.filters=[16,32,64]", "model.dense_units=20", "model.dropout=0.1"]
     config = validate(compose(overrides, config_dir=ROOT / "conf"))
-    from fmnist_mlops.model import compile_model
+    from fmnist_mlops.model.cnn import compile_model
 
     model = compile_model(build_model(config.model), config.train)
     assert [model.get_layer(f"conv{i}").filters for i in (1, 2, 3)] == [16, 32, 64]
@@ -123,7 +123,7 @@ def test_global_average_head_and_a_third_block():
 
 @pytest.mark.parametrize(("steps", "expected"), [(188, 47), (375, 25), (8, 8), (191, 1), (1, 1)])
 def test_steps_per_execution_divides_the_epoch(steps, expected):
-    from fmnist_mlops.model import steps_per_execution
+    from fmnist_mlops.model.cnn import steps_per_execution
 
     chunk = steps_per_execution(steps)
     assert chunk == expected and steps % chunk == 0 and chunk <= 64

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from fmnist_mlops.model_server import port_in_use
+from fmnist_mlops.serving.model_server import port_in_use
 
 
 def model_server(cwd, env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.model_server", *args],
+        [sys.executable, "-m", "fmnist_mlops.serving.model_server", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -61,7 +61,15 @@ def test_serve_records_its_server_and_serve_stop_stops_exactly_that(
     tmp_path, subprocess_env, free_tcp_port
 ):
     port = free_tcp_port
-    cmd = [sys.executable, "-m", "fmnist_mlops.model_server", "start", "--port", str(port), "--"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fmnist_mlops.serving.model_server",
+        "start",
+        "--port",
+        str(port),
+        "--",
+    ]
 
     def make_serve() -> subprocess.Popen:
         return subprocess.Popen(

@@ -14,9 +14,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.cluster import Role, role
-from fmnist_mlops.errors import ConfigError
-from fmnist_mlops.launch import free_ports, tf_configs
+from fmnist_mlops.runtime.errors import ConfigError
+from fmnist_mlops.train.cluster import Role, role
+from fmnist_mlops.train.launch import free_ports, tf_configs
 
 PUBLISHED = {"models/model.keras", "models/run.json", "reports/history.csv", "reports/history.png"}
 
@@ -96,7 +96,7 @@ def test_multi_worker_without_tf_config_is_one_line_and_exit_2(
 
 def test_the_launcher_refuses_fewer_than_two_workers(project_root, subprocess_env):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.launch", "-n", "1", "--", "+experiment=smoke"],
+        [sys.executable, "-m", "fmnist_mlops.train.launch", "-n", "1", "--", "+experiment=smoke"],
         cwd=project_root,
         env=subprocess_env,
         capture_output=True,
@@ -204,7 +204,7 @@ def test_a_killed_worker_ends_every_process_and_the_same_command_resumes(
 ):
     epochs = 5
     extra = (f"train.epochs={epochs}", f"train.patience={epochs}", "train.batch_size=8")
-    cmd = [sys.executable, "-m", "fmnist_mlops.launch", "-n", "2", "--"]
+    cmd = [sys.executable, "-m", "fmnist_mlops.train.launch", "-n", "2", "--"]
     cmd += smoke_args(tmp_path, smoke_prepared, *extra)
 
     def launch(name: str) -> subprocess.Popen:
@@ -297,7 +297,7 @@ def test_make_train_workers_runs_the_launcher_with_n_and_args(project_root, subp
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    wanted = "python -m fmnist_mlops.launch -n 3 -- +experiment=smoke seed=4"
+    wanted = "python -m fmnist_mlops.train.launch -n 3 -- +experiment=smoke seed=4"
     assert any(line.endswith(wanted) for line in result.stdout.splitlines()), result.stdout
 
 
@@ -308,7 +308,7 @@ def test_the_launcher_prepares_another_split_beside_dvcs_never_over_it(
     another split than ARGS ask for; the launcher prepares theirs into scratch instead."""
     import shutil
 
-    from fmnist_mlops.launch import with_prepared_split
+    from fmnist_mlops.train.launch import with_prepared_split
 
     project = tmp_path / "project"
     shutil.copytree(smoke_prepared, project / "data" / "prepared")  # DVC's: the smoke split

@@ -19,7 +19,7 @@ from helpers import ROOT, load_script
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from fmnist_mlops import platforms
+from fmnist_mlops.train import platforms
 
 targets = load_script("tools/targets.py")
 
@@ -277,7 +277,11 @@ def test_make_install_on_python_runs_the_smoke_pipeline(
     assert f"with {python} {version}." in out, out
     bin_dir = project / ".venv" / "bin"
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    _run([str(bin_dir / "python"), "-m", "fmnist_mlops.params", "+experiment=smoke"], project, env)
+    _run(
+        [str(bin_dir / "python"), "-m", "fmnist_mlops.config.params", "+experiment=smoke"],
+        project,
+        env,
+    )
     _run(["git", "commit", "-qam", "smoke params"], project, env)
     _run([str(bin_dir / "dvc"), "repro"], project, env)
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
@@ -309,7 +313,7 @@ def test_prepare_downloads_from_base_url_without_the_system_folder_or_keras_cach
             f"data.system_dir={tmp_path / 'no-such-folder'}",
             f"data.base_url=http://127.0.0.1:{server.server_port}/",
         ]
-        _run([sys.executable, "-m", "fmnist_mlops.params", *overrides], project, env)
+        _run([sys.executable, "-m", "fmnist_mlops.config.params", *overrides], project, env)
         _run(["git", "commit", "-qam", "no system data"], project, env)
         _run([str(Path(sys.executable).parent / "dvc"), "repro", "prepare"], project, env)
     finally:

@@ -52,7 +52,7 @@ def reproduced_project(build_once) -> Path:
 
     def build(folder: Path) -> None:
         project = copy_project(folder)
-        sh(project, sys.executable, "-m", "fmnist_mlops.params", "+experiment=smoke")
+        sh(project, sys.executable, "-m", "fmnist_mlops.config.params", "+experiment=smoke")
         sh(project, "git", "commit", "-qam", "smoke params")
         dvc(project, "repro")
 
@@ -412,7 +412,7 @@ def test_three_queued_experiments_on_two_workers_one_interrupted(smoke_project, 
 
 
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
-    from fmnist_mlops.housekeeping import champion_chain
+    from fmnist_mlops.experiments.housekeeping import champion_chain
 
     project = smoke_project
     # Two experiments: 6 epochs beats the 2-epoch baseline champion (promoted, so a rollback
@@ -434,13 +434,13 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     assert {"winner", "loser"} <= set(listed), listed
     # A queued experiment: DVC is left alone while it waits (nothing removed, still queued).
     dvc(project, "exp", "run", "--queue", "-n", "waiting", "-S", "seed=77")
-    sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
+    sh(project, sys.executable, "-m", "fmnist_mlops.experiments.housekeeping")
     assert sorted(
         dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     ) == sorted(listed)
     assert "Queued" in dvc(project, "queue", "status").stdout
     dvc(project, "queue", "remove", "waiting")
-    sh(project, sys.executable, "-m", "fmnist_mlops.housekeeping")
+    sh(project, sys.executable, "-m", "fmnist_mlops.experiments.housekeeping")
     left = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     assert set(left) == origins, "only the champions' experiments survive (rollback targets)"
     for run_id in registered:  # every registered version keeps its run
@@ -467,7 +467,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
         project,
         sys.executable,
         "-m",
-        "fmnist_mlops.params",
+        "fmnist_mlops.config.params",
         "+experiment=smoke",
         *TINY_MODEL,  # the network does not matter here: the interruption does
         "train.epochs=20",

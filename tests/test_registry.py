@@ -10,12 +10,12 @@ import pytest
 from helpers import race_promotions
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.data import load_prepared
-from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.paths import PROMOTION_JSON
-from fmnist_mlops.promotion import promote, rollback
-from fmnist_mlops.registry import decide
+from fmnist_mlops.data.dataset import load_prepared
+from fmnist_mlops.registry.promotion import promote, rollback
+from fmnist_mlops.registry.rule import decide
+from fmnist_mlops.runtime.errors import RegistryError
+from fmnist_mlops.runtime.paths import PROMOTION_JSON
+from fmnist_mlops.tracking.context import open_stage
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_promotion_rule(candidate, champion, mode, min_delta, floor, promote_):
 
 @pytest.mark.integration
 def test_promote_compare_rescored_champion_and_rollback(trained_runs, smoke_prepared):
-    from fmnist_mlops.scoring import assess, load_network
+    from fmnist_mlops.evaluate.scoring import assess, load_network
 
     weak, strong = trained_runs["weak"], trained_runs["strong"]
     uri = weak.mlflow.tracking_uri
@@ -110,7 +110,7 @@ def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line
     import subprocess
     import sys
 
-    from fmnist_mlops.reporting import build_report
+    from fmnist_mlops.evaluate.reporting import build_report
 
     weak, strong = trained_runs["weak"], trained_runs["strong"]
     uri = weak.mlflow.tracking_uri

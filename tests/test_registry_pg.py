@@ -9,10 +9,10 @@ from helpers import free_port, race_promotions, start_register
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.promotion import promote
-from fmnist_mlops.registry import registry_lock
+from fmnist_mlops.registry.promotion import promote
+from fmnist_mlops.registry.rule import registry_lock
+from fmnist_mlops.runtime.errors import RegistryError
+from fmnist_mlops.tracking.context import open_stage
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from helpers import build_report, train
 from omegaconf import open_dict
 from PIL import Image
 
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.paths import RUN_FILE
+from fmnist_mlops.runtime.errors import RegistryError
+from fmnist_mlops.runtime.paths import RUN_FILE
+from fmnist_mlops.tracking.context import open_stage
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,12 @@ from helpers import (
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from fmnist_mlops import resume
-from fmnist_mlops.config import validate
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.data import load_prepared
-from fmnist_mlops.errors import ConfigError, Interrupted
-from fmnist_mlops.paths import MODEL_FILE
+from fmnist_mlops.config.compose import validate
+from fmnist_mlops.data.dataset import load_prepared
+from fmnist_mlops.runtime.errors import ConfigError, Interrupted
+from fmnist_mlops.runtime.paths import MODEL_FILE
+from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.train import resume
 
 
 @pytest.mark.integration
@@ -243,7 +243,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
     # Make the first run look live for a moment, so the next one cannot take it over.
     stand_in = subprocess.Popen(["sleep", "60"])
     try:
-        from fmnist_mlops import owner
+        from fmnist_mlops.runtime import owner
 
         live = {**owner.current(), "pid": stand_in.pid}
         live["process_start"] = owner.process_start(stand_in.pid)

@@ -19,9 +19,9 @@ from helpers import ROOT, free_port, http_process, load_script, venv_env
 from PIL import Image
 
 from fmnist_mlops import CLASS_NAMES
-from fmnist_mlops.data import load_prepared
-from fmnist_mlops.paths import PREDICTIONS_CSV
-from fmnist_mlops.prediction import to_fashion_mnist
+from fmnist_mlops.data.dataset import load_prepared
+from fmnist_mlops.runtime.paths import PREDICTIONS_CSV
+from fmnist_mlops.serving.prediction import to_fashion_mnist
 
 MODEL_URI = "models:/fashion-mnist-cnn@champion"
 # Tests of the module's one model server run in one test process (xdist), which starts it once.
@@ -343,7 +343,7 @@ def test_predict_cli_reads_images_and_walks_through_test_samples(
 def serving_rss(port: int) -> int:
     """Resident memory of the MLflow serving process tree listening on ``port``."""
 
-    from fmnist_mlops.model_server import listeners
+    from fmnist_mlops.serving.model_server import listeners
 
     total = 0
     for proc in listeners(port):

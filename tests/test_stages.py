@@ -8,10 +8,10 @@ import pytest
 from helpers import build_report, evaluate_and_promote, train
 from omegaconf import open_dict
 
-from fmnist_mlops import context, tracking
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.errors import RegistryError
-from fmnist_mlops.promotion import promote, rollback
+from fmnist_mlops.registry.promotion import promote, rollback
+from fmnist_mlops.runtime.errors import RegistryError
+from fmnist_mlops.tracking import context, store
+from fmnist_mlops.tracking.context import open_stage
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def setup_calls(monkeypatch) -> Counter:
 
     monkeypatch.setattr(context, "validate", counting("validate", context.validate))
     monkeypatch.setattr(context, "stage_split", counting("split", context.stage_split))
-    monkeypatch.setattr(tracking, "setup", counting("store", tracking.setup))
+    monkeypatch.setattr(store, "setup", counting("store", store.setup))
     return calls
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT, TINY_MODEL, read_only_rows, venv_env
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import tracking
+from fmnist_mlops.tracking import store
 
 BAD_FILTERS = "[8,16,32,64,128]"  # five poolings do not fit 28x28: fails validation
 
@@ -44,7 +44,7 @@ def sweep(tmp_path, prepared, *args: str) -> subprocess.CompletedProcess:
 
 
 def client_for(tmp_path) -> MlflowClient:
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     return MlflowClient()
 
 

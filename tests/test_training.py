@@ -11,15 +11,15 @@ import pytest
 from helpers import evaluate, fit, smoke_config, train
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.config import validate
-from fmnist_mlops.context import open_stage
-from fmnist_mlops.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
+from fmnist_mlops.config.compose import validate
+from fmnist_mlops.runtime.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
+from fmnist_mlops.tracking.context import open_stage
 
 pytestmark = pytest.mark.integration
 
 
 def epoch_metrics() -> tuple[str, ...]:
-    from fmnist_mlops.training import EPOCH_METRICS
+    from fmnist_mlops.train.history import EPOCH_METRICS
 
     return EPOCH_METRICS
 
@@ -27,9 +27,9 @@ def epoch_metrics() -> tuple[str, ...]:
 @pytest.fixture
 def trained(champion):
     """The session's smoke run (a private copy): its config, what train returned, a client."""
-    from fmnist_mlops import tracking
+    from fmnist_mlops.tracking import store
 
-    tracking.connect(champion.mlflow.tracking_uri)  # as train left it: models:/ URIs resolve
+    store.connect(champion.mlflow.tracking_uri)  # as train left it: models:/ URIs resolve
     result = {
         **json.loads((Path(champion.paths.out) / RUN_FILE).read_text()),
         "out_dir": champion.paths.out,
@@ -40,7 +40,7 @@ def trained(champion):
 def test_train_logs_params_epoch_history_artifacts_and_model(trained):
     import keras
 
-    from fmnist_mlops.scoring import load_network
+    from fmnist_mlops.evaluate.scoring import load_network
 
     cfg, result, client = trained
     run = client.get_run(result["run_id"])
@@ -55,7 +55,7 @@ def test_train_logs_params_epoch_history_artifacts_and_model(trained):
     assert tags["data.sha256.train-images"].startswith("c59f468a")
     assert "git_commit" in tags and tags["git_dirty"] in ("true", "false")
     # train.precision: auto, resolved for this CPU and recorded on the run.
-    from fmnist_mlops import platforms
+    from fmnist_mlops.train import platforms
 
     assert tags["precision.resolved"] == platforms.resolve_precision("auto")
     assert tags["distribute.replicas"] == "1"
@@ -114,7 +114,7 @@ def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
 def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
     from omegaconf import open_dict
 
-    from fmnist_mlops.tracking import redact
+    from fmnist_mlops.tracking.store import redact
 
     assert redact({"mlflow.s3_secret_access_key": "AKIA", "x.api_key": "k", "seed": 1}) == {
         "mlflow.s3_secret_access_key": "***",
@@ -137,7 +137,7 @@ def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_
     """Several steps run per call into TensorFlow, yet an epoch stays one pass over the data."""
     import keras
 
-    from fmnist_mlops.data import load_prepared
+    from fmnist_mlops.data.dataset import load_prepared
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.batch_size=32", "train.epochs=2")
     splits = load_prepared(smoke_prepared)
@@ -205,7 +205,7 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
     """models/model.keras (a DVC output) is published once, verified; never half-written."""
     import keras
 
-    from fmnist_mlops.data import load_prepared
+    from fmnist_mlops.data.dataset import load_prepared
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
     splits = load_prepared(smoke_prepared)

@@ -15,8 +15,8 @@ import pytest
 from helpers import ROOT, read_only_rows, train, venv_env
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import tracking
-from fmnist_mlops.context import open_stage
+from fmnist_mlops.tracking import store
+from fmnist_mlops.tracking.context import open_stage
 
 # Small enough for the smoke split: the default space with 3-epoch trials.
 TUNE_ARGS = (
@@ -86,7 +86,7 @@ def test_tuner_resumes_after_an_interrupt_nests_trials_and_promotes_the_best(
     done_before = len(study.get_trials(states=finished))
     assert 1 <= done_before < 4
     parent = study.user_attrs["mlflow_parent_run_id"]
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     assert client.get_run(parent).info.status == "KILLED"
 
@@ -143,7 +143,7 @@ def test_tuner_resumes_after_an_interrupt_nests_trials_and_promotes_the_best(
 
 @pytest.mark.integration
 def test_pruning_callback_stops_a_trial_worse_than_the_median(smoke_cfg):
-    from fmnist_mlops.tuning import OptunaPruning
+    from fmnist_mlops.experiments.tuning import OptunaPruning
 
     study = optuna.create_study(
         direction="maximize",
@@ -202,13 +202,13 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=tracking.sqlalchemy_url(postgres))
+    study = optuna.load_study(study_name=name, storage=store.sqlalchemy_url(postgres))
     finished = study.get_trials(
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )
     # Each tuner checks the shared count before it starts a trial: at most one extra.
     assert 4 <= len(finished) <= 5
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("fashion-mnist")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -225,9 +225,9 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
 def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, smoke_prepared):
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.config import compose, validate_tune
-    from fmnist_mlops.stages import promote_child
-    from fmnist_mlops.tuning import TuningFailed, tune
+    from fmnist_mlops.config.compose import compose, validate_tune
+    from fmnist_mlops.experiments.tuning import TuningFailed, tune
+    from fmnist_mlops.registry.stages import promote_child
 
     overrides = [
         "+experiment=smoke",
@@ -249,7 +249,7 @@ def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, 
         raise AssertionError("expected TuningFailed")
     study = load_study(tmp_path)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FAILED"
@@ -263,8 +263,8 @@ def test_a_ctrl_c_between_ask_and_training_fails_the_trial_instead_of_leaving_it
     # one is being sampled or composed: that trial must end FAIL, not stay RUNNING forever.
     from omegaconf import OmegaConf
 
-    from fmnist_mlops import tuning
-    from fmnist_mlops.errors import Interrupted
+    from fmnist_mlops.experiments import tuning
+    from fmnist_mlops.runtime.errors import Interrupted
 
     def interrupted(trial, space):
         raise Interrupted(signal.SIGINT)
@@ -340,7 +340,7 @@ def test_a_rerun_of_an_interrupted_study_continues_it_without_repeating_a_trial(
     assert again.params == study.trials[1].params
     assert again.user_attrs["mlflow_run_id"] == interrupted_run, "its backup was resumed"
     assert f"resuming run {interrupted_run}" in err
-    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     run = client.get_run(interrupted_run)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.trial"] == str(again.number)

@@ -103,14 +103,14 @@ def table(port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Serve the model, print the table."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from fmnist_mlops.model_server import running
+    from fmnist_mlops.serving.model_server import running
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model-uri", default=None, help="default: @champion of conf/")
     parser.add_argument("--port", type=int, default=5391)
     args = parser.parse_args(argv)
     if args.model_uri is None:
-        from fmnist_mlops.config import champion_uri
+        from fmnist_mlops.config.compose import champion_uri
 
         args.model_uri = champion_uri()
     bin_dir = Path(sys.executable).parent

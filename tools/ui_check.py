@@ -40,7 +40,7 @@ METRICS_SHOWN = ("test_accuracy", "val_accuracy", "best_epoch")
 @contextmanager
 def mlflow_ui(store_uri: str, port: int, log_path: Path, timeout: float = 120) -> Iterator[str]:
     """Run a lean ``mlflow ui`` (1 worker, no job runner) on 127.0.0.1 until the block ends."""
-    from fmnist_mlops.model_server import running
+    from fmnist_mlops.serving.model_server import running
 
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5099)
     args = parser.parse_args(argv)
     if args.model_name is None:
-        from fmnist_mlops.config import compose
+        from fmnist_mlops.config.compose import compose
 
         args.model_name = compose().registry.model_name
     with (

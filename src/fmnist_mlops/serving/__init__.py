@@ -1,0 +1,1 @@
+"""Serving the registered model: local model servers and predictions from image files."""

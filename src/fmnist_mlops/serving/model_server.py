@@ -1,0 +1,204 @@
+"""Start and stop local servers: ``make serve`` restarts with the current @champion.
+
+``make serve`` runs the model server through :func:`start`, which records it (pid + start
+time) in ``.serve/`` of this checkout; ``make serve-stop`` stops only that recorded server,
+never another program that happens to listen on the port.
+
+:func:`running` is the one start-wait-stop loop for every server the project starts for a
+while (tests, the UI check, the serving benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from fmnist_mlops.runtime import owner
+from fmnist_mlops.runtime.paths import store_root, write_json
+
+
+@contextlib.contextmanager
+def running(
+    cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path, timeout: float = 120.0
+) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` in its own process group until the block ends; wait for ``ready_url``.
+
+    Raises:
+        RuntimeError: if the process exits or ``ready_url`` does not answer 200 within
+            ``timeout`` seconds (with the tail of its log).
+    """
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(OSError):
+                    if urllib.request.urlopen(ready_url, timeout=2).status == 200:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{' '.join(cmd[:3])} did not start:\n{Path(log_path).read_text()[-3000:]}"
+                    )
+                time.sleep(0.5)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def listeners(port: int, host: str = "127.0.0.1") -> list[psutil.Process]:
+    """Processes listening on ``host:port`` (TCP)."""
+    found = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        if (
+            conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.laddr.ip in (host, "0.0.0.0", "::")
+            and conn.pid
+        ):
+            found[conn.pid] = psutil.Process(conn.pid)
+    return list(found.values())
+
+
+def record_path(port: int) -> Path:
+    """Where ``make serve`` records the model server it started on ``port``."""
+    return store_root() / ".serve" / f"port-{port}.json"
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port`` (no privileges needed)."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def holder(port: int) -> str:
+    """What listens on ``port``, as far as this user may know."""
+    try:
+        procs = listeners(port)
+    except psutil.AccessDenied:  # macOS without root: connections of others are hidden
+        procs = []
+    if not procs:
+        return "another program"
+    with contextlib.suppress(psutil.Error):
+        return f"pid {procs[0].pid} ({' '.join(procs[0].cmdline())[:120]})"
+    return f"pid {procs[0].pid}"
+
+
+def _terminate_tree(pid: int, timeout: float) -> None:
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_running(p) for p in tree):
+        time.sleep(0.1)
+    for proc in tree:  # did not stop in time
+        if _running(proc):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def _running(proc: psutil.Process) -> bool:
+    # A process that exited but was not reaped yet (a zombie) is done: only its parent can
+    # remove it (psutil.wait_procs waits for that, forever, when the parent is waiting on us).
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop(port: int, timeout: float = 20.0) -> bool:
+    """Stop the model server this checkout started on ``port`` (``make serve``), if it runs.
+
+    Only the process recorded by :func:`start` (checked by pid and start time) and its
+    children are stopped; whatever else holds the port is left alone.
+
+    Returns:
+        True if a server was stopped.
+    """
+    path = record_path(port)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    stopped = owner.is_alive(record["owner"])
+    if stopped:
+        _terminate_tree(int(record["owner"]["pid"]), timeout)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def start(port: int, cmd: list[str]) -> None:
+    """Stop this checkout's previous server on ``port``, record this process, exec ``cmd``.
+
+    ``exec`` keeps the pid and start time, so the record names the server itself.
+
+    Raises:
+        ConfigError: Something else holds the port.
+    """
+    from fmnist_mlops.runtime.errors import ConfigError
+
+    stop(port)
+    if port_in_use(port):
+        raise ConfigError(
+            f"PORT={port} is held by {holder(port)}, not a model server this checkout "
+            "started: left alone; stop it yourself or choose another PORT"
+        )
+    path = record_path(port)
+    write_json(path, {"owner": owner.current(), "port": port, "cmd": cmd})
+    os.execvp(cmd[0], cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fmnist_mlops.serving.model_server {start,stop} --port 5001 [-- command ...]``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--port", type=int, default=5001)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    cmd = argv[cut + 1 :]
+    if args.action == "start":
+        if not cmd:
+            parser.error("start needs the server command after --")
+        start(args.port, cmd)
+    if stop(args.port):
+        print(f"stopped the model server on port {args.port}")
+    elif port_in_use(args.port):
+        print(
+            f"port {args.port} is held by {holder(args.port)}, not a model server this checkout "
+            "started: left alone",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    from fmnist_mlops.runtime.cli import command
+
+    command("serve", main)

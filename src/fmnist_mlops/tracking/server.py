@@ -1,0 +1,134 @@
+"""A shared MLflow tracking server, lean enough for a 2-core box (``make server``).
+
+The backend store is ``$MLFLOW_BACKEND_STORE_URI`` (PostgreSQL for a team, e.g.
+``postgresql://mlflow:***@db.internal:5432/mlflow``) or, without it, the project's own
+``sqlite:///<root>/mlflow.db``, the store the pipeline writes to. Artifacts are served through
+the server (``--serve-artifacts``) from ``$MLFLOW_ARTIFACTS_DESTINATION`` or ``<root>/mlruns``,
+so clients need nothing but ``MLFLOW_TRACKING_URI=http://host:port``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from fmnist_mlops.runtime.errors import ConfigError
+from fmnist_mlops.runtime.paths import store_root
+from fmnist_mlops.tracking.probes import ProbeFailed, probe
+from fmnist_mlops.tracking.store import hide_password, sqlalchemy_url
+
+_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+
+
+def backend_store_uri(uri: str | None = None) -> str:
+    """The backend store to serve: ``uri``, else ``$MLFLOW_BACKEND_STORE_URI``, else SQLite.
+
+    ``postgresql://`` is rewritten to ``postgresql+psycopg://``: the project installs psycopg 3,
+    which SQLAlchemy would not pick for a bare ``postgresql://`` URL.
+
+    Raises:
+        ConfigError: for a scheme the server cannot use.
+    """
+    uri = uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or ""
+    if not uri:
+        return f"sqlite:///{store_root() / 'mlflow.db'}"
+    if not uri.startswith(_SCHEMES):
+        raise ConfigError(
+            f"backend store {hide_password(uri)!r} is not supported; "
+            "use sqlite:///<file> or postgresql://user:password@host:port/db"
+        )
+    return sqlalchemy_url(uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail with one line if a PostgreSQL backend cannot be reached (before MLflow starts).
+
+    Raises:
+        ConfigError: naming the host (never the password) and the driver's first line.
+    """
+    if uri.startswith("sqlite:///"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        raise ConfigError(f"backend store {hide_password(uri)!r} is unreachable: {first}") from None
+
+
+def server_command(
+    backend: str,
+    artifacts: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 1,
+) -> list[str]:
+    """The ``mlflow server`` command line serving ``backend`` and proxying ``artifacts``."""
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    return [
+        mlflow_bin,
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server: no background job runner (it alone costs ~2 GB RSS)."""
+    env = dict(os.environ if base is None else base)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the backend, then replace this process by ``mlflow server`` (exit 2 if bad)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fmnist_mlops.tracking.server", description=__doc__
+    )
+    parser.add_argument("--backend-store-uri", default=None)
+    parser.add_argument(
+        "--artifacts-destination",
+        default=os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"),
+        help="where served artifacts live (default: <project>/mlruns)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    backend = backend_store_uri(args.backend_store_uri)
+    check_reachable(backend)
+    artifacts = args.artifacts_destination or str(store_root() / "mlruns")
+    # `mlflow server` starts and answers /health without touching its artifact store.
+    try:
+        probe(artifacts, "the artifacts destination", timeout=30)
+    except ProbeFailed as exc:
+        raise ConfigError(str(exc)) from None
+    cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
+    print(
+        f"mlflow server: backend {hide_password(backend)}, artifacts {artifacts}, "
+        f"http://{args.host}:{args.port}"
+    )
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, server_env())
+
+
+if __name__ == "__main__":
+    from fmnist_mlops.runtime.cli import command
+
+    command("server", main)

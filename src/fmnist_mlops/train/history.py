@@ -1,0 +1,52 @@
+"""The per-epoch history of a training: its metric names, its CSV file and its figure.
+
+What ``fit`` reports each epoch (``EPOCH_METRICS``) is what is logged to MLflow each epoch
+(:class:`~fmnist_mlops.train.callbacks.MlflowEpochLogger`), written to ``history.csv`` and
+drawn in ``history.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures only go to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fmnist_mlops.runtime.paths import atomic  # noqa: E402
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def write_history(hist: dict[str, list[float]], path: Path) -> None:
+    """Write one CSV row per epoch: the epoch and each of ``EPOCH_METRICS``."""
+    with atomic(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", *EPOCH_METRICS])
+        for epoch in range(len(hist["loss"])):
+            writer.writerow([epoch, *(f"{hist[k][epoch]:.6f}" for k in EPOCH_METRICS)])
+
+
+def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: int | None) -> Path:
+    """Plot loss and accuracy, train vs val, per epoch; mark the restored best epoch."""
+    epochs = np.arange(len(history["loss"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
+        ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"val {metric}")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training history")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
