@@ -30,7 +30,7 @@ from helpers import (
 from omegaconf import open_dict
 
 from fmnist_mlops.config.compose import compose
-from fmnist_mlops.runtime.paths import file_lock
+from fmnist_mlops.runtime.files import file_lock
 
 HEAVY_AT_COLLECTION = ("tensorflow", "keras")
 

@@ -13,7 +13,7 @@ from fmnist_mlops.experiments.housekeeping import clean_runs
 from fmnist_mlops.registry.promotion import promote
 from fmnist_mlops.runtime import owner
 from fmnist_mlops.tracking.context import open_stage
-from fmnist_mlops.train.resume import CLAIM_FILE
+from fmnist_mlops.train.backup import CLAIM_FILE
 
 
 @pytest.mark.integration

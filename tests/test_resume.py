@@ -29,7 +29,7 @@ from fmnist_mlops.data.dataset import load_prepared
 from fmnist_mlops.runtime.errors import ConfigError, Interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE
 from fmnist_mlops.tracking.context import open_stage
-from fmnist_mlops.train import resume
+from fmnist_mlops.train import backup
 
 
 @pytest.mark.integration
@@ -78,8 +78,8 @@ def backup_template(build_once, smoke_prepared) -> Path:
         mlflow.set_experiment("resume-test")  # the active experiment is global: set it here
         with mlflow.start_run() as run:
             c = validate(cfg)
-            h = resume.config_hash(cfg, splits.meta)
-            spec = resume.EpochBackupSpec(folder / "backup", run.info.run_id, h)
+            h = backup.config_hash(cfg, splits.meta)
+            spec = backup.EpochBackupSpec(folder / "backup", run.info.run_id, h)
             fit(c.train, c.model, c.seed, splits, folder / "out", backup=spec)
 
     return build_once("backup", build)
@@ -95,7 +95,7 @@ def backup_after_two_epochs(backup_template, smoke_prepared):
         cfg = smoke_config(tmp_path, smoke_prepared, *BACKUP_OVERRIDES)
         splits = load_prepared(smoke_prepared)
         mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-        return cfg, splits, tmp_path / "backup", resume.config_hash(cfg, splits.meta)
+        return cfg, splits, tmp_path / "backup", backup.config_hash(cfg, splits.meta)
 
     return copy
 
@@ -111,7 +111,7 @@ def test_worse_first_resumed_epoch_cannot_overwrite_the_best_checkpoint(
     state["checkpoint_best"] = state["early"]["best"] = 1e-9
     state_path.write_text(json.dumps(state))
     best_before = (folder / state["files"]["best"]).read_bytes()
-    restored = resume.load(folder, h)
+    restored = backup.load(folder, h)
     assert restored is not None and restored.epoch == 1
     with open_dict(cfg):
         cfg.train.epochs = 3
@@ -129,13 +129,13 @@ def test_corrupt_or_foreign_backups_are_discarded(tmp_path, backup_after_two_epo
     _, _, folder, h = backup_after_two_epochs(tmp_path / "first")
     caplog.set_level(logging.WARNING)
     # A peer worker reads the chief's backup: it refuses one it cannot use and deletes nothing.
-    assert resume.load(folder, h, discard=False).epoch == 1
+    assert backup.load(folder, h, discard=False).epoch == 1
     with pytest.raises(ConfigError, match="cannot use .made for other settings"):
-        resume.load(folder, "0" * 16, discard=False)
+        backup.load(folder, "0" * 16, discard=False)
     with pytest.raises(ConfigError, match="cannot use .no backup there"):
-        resume.load(tmp_path / "elsewhere", h, discard=False)
+        backup.load(tmp_path / "elsewhere", h, discard=False)
     assert folder.exists() and "discarding" not in caplog.text
-    assert resume.load(folder, "0" * 16) is None
+    assert backup.load(folder, "0" * 16) is None
     assert "made for other settings" in caplog.text and not folder.exists()
 
     _, _, folder, h = backup_after_two_epochs(tmp_path / "again")
@@ -143,12 +143,12 @@ def test_corrupt_or_foreign_backups_are_discarded(tmp_path, backup_after_two_epo
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0xFF
     last.write_bytes(bytes(data))
-    assert resume.load(folder, h) is None
+    assert backup.load(folder, h) is None
     assert f"last model {last.name} is missing or corrupt" in caplog.text and not folder.exists()
 
     _, _, folder, h = backup_after_two_epochs(tmp_path / "third")
     (folder / "state.json").write_text("{not json")
-    assert resume.load(folder, h) is None
+    assert backup.load(folder, h) is None
     assert "unreadable state.json" in caplog.text
 
 
@@ -238,7 +238,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
     with pytest.raises(Interrupted):
         train(open_stage(cfg), callbacks=[InterruptAt(0, mid_epoch=False)])
     [first] = (tmp_path / ".backups").glob("train-*")
-    claim_file = first / resume.CLAIM_FILE
+    claim_file = first / backup.CLAIM_FILE
     released = json.loads(claim_file.read_text())
     # Make the first run look live for a moment, so the next one cannot take it over.
     stand_in = subprocess.Popen(["sleep", "60"])
@@ -256,7 +256,7 @@ def test_with_several_interrupted_runs_the_most_recent_is_resumed_and_the_others
     claim_file.write_text(json.dumps(released))
     second = next(p for p in (tmp_path / ".backups").glob("train-*") if p != first)
     runs = {
-        folder: json.loads((folder / resume.STATE_FILE).read_text())["run_id"]
+        folder: json.loads((folder / backup.STATE_FILE).read_text())["run_id"]
         for folder in (first, second)
     }
     assert runs[first] != runs[second]

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.tracking import store
 from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.tracking.databases import sqlalchemy_url
 
 # Small enough for the smoke split: the default space with 3-epoch trials.
 TUNE_ARGS = (
@@ -202,7 +203,7 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=store.sqlalchemy_url(postgres))
+    study = optuna.load_study(study_name=name, storage=sqlalchemy_url(postgres))
     finished = study.get_trials(
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from fmnist_mlops.config.compose import params_yaml, validate
 from fmnist_mlops.runtime.cli import command
-from fmnist_mlops.runtime.paths import write_text
+from fmnist_mlops.runtime.files import write_text
 
 
 def main(argv: list[str] | None = None) -> int:

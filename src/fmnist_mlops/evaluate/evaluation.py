@@ -14,6 +14,7 @@ from fmnist_mlops import CLASS_NAMES
 from fmnist_mlops.data.dataset import Splits
 from fmnist_mlops.evaluate.plots import confusion_plot, misclassified_grid
 from fmnist_mlops.evaluate.scoring import Assessment, assess, load_network
+from fmnist_mlops.runtime.files import atomic, write_json
 from fmnist_mlops.runtime.folders import read_run, stage_dir
 from fmnist_mlops.runtime.paths import (
     CONFUSION_PNG,
@@ -23,8 +24,6 @@ from fmnist_mlops.runtime.paths import (
     PER_CLASS_JSON,
     PREDICTIONS_CSV,
     RUN_FILE,
-    atomic,
-    write_json,
 )
 from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.scratch import out_dir

@@ -28,9 +28,11 @@ from fmnist_mlops.evaluate.plots import (
 )
 from fmnist_mlops.evaluate.scoring import assess, load_network
 from fmnist_mlops.runtime.errors import RegistryError
-from fmnist_mlops.runtime.paths import resolve, write_text
+from fmnist_mlops.runtime.files import write_text
+from fmnist_mlops.runtime.paths import resolve
 from fmnist_mlops.tracking import store
 from fmnist_mlops.tracking.context import StageContext
+from fmnist_mlops.tracking.databases import hide_password
 from fmnist_mlops.train.history import EPOCH_METRICS, history_plot
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ def build_report(ctx: StageContext, out: Path | None = None) -> dict[str, Any]:
     heading = [
         f"<h1>{html.escape(reg.model_name)}@{html.escape(reg.alias)}</h1>",
         f'<p class="muted">Report written {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC from '
-        f"{html.escape(store.hide_password(uri))}; "
+        f"{html.escape(hide_password(uri))}; "
         f"test split: {html.escape(str(prepared))}.</p>",
         _table(["", ""], _summary_rows(reg, version, run), left=2),
     ]
@@ -188,7 +190,7 @@ def _champion(client: MlflowClient, reg: Any, uri: str):
     except Exception:  # noqa: BLE001 - MLflow's generic exception for a missing run
         raise RegistryError(
             f"{reg.model_name}@{reg.alias} is version {version.version}, whose run "
-            f"{version.run_id} is gone from {store.hide_password(uri)} (collected by "
+            f"{version.run_id} is gone from {hide_password(uri)} (collected by "
             "`mlflow gc`?): the report needs its history; `make rollback` or promote another "
             "version"
         ) from None

@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.registry.rule import PREVIOUS_TAG, current_champion
 from fmnist_mlops.runtime import owner
-from fmnist_mlops.runtime.paths import project_root
-from fmnist_mlops.train.resume import CLAIM_FILE, backups_root
+from fmnist_mlops.runtime.paths import backups_root, project_root
+from fmnist_mlops.train.backup import read_state
+from fmnist_mlops.train.claims import read_claim
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,14 @@ def stale_backups(backups: Path, client: MlflowClient) -> list[Path]:
     """
     stale = []
     for folder in sorted(backups.glob("train-*")) if backups.is_dir() else []:
+        held_by = (read_claim(folder) or {}).get("owner")
         try:
-            claim = json.loads((folder / CLAIM_FILE).read_text())
-            if claim["owner"] is not None and owner.is_alive(claim["owner"]):
+            if held_by is not None and owner.is_alive(held_by):
                 continue
-        except (OSError, ValueError, KeyError):
-            pass  # no owner recorded (an older layout): judged by its run alone
+        except (TypeError, KeyError):
+            pass  # no usable owner recorded (an older layout): judged by its run alone
         try:
-            run_id = json.loads((folder / "state.json").read_text())["run_id"]
-            run = client.get_run(run_id)
+            run = client.get_run((read_state(folder) or {})["run_id"])
             if run.info.status in ("KILLED", "RUNNING") and run.info.lifecycle_stage == "active":
                 continue
         except (OSError, ValueError, KeyError, mlflow.exceptions.MlflowException):

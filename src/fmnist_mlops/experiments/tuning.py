@@ -34,6 +34,7 @@ from fmnist_mlops.runtime.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.runtime.paths import sqlite_dir, store_root
 from fmnist_mlops.tracking import nesting, store
 from fmnist_mlops.tracking.context import StageContext, open_stage
+from fmnist_mlops.tracking.databases import first_line, hide_password, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class TuningFailed(ProjectError):
 def storage_url(tune_cfg: TuneCfg, tracking_uri: str) -> str:
     """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
     if tune_cfg.storage:
-        return store.sqlalchemy_url(str(tune_cfg.storage))
+        return sqlalchemy_url(str(tune_cfg.storage))
     folder = sqlite_dir(tracking_uri) or store_root()
     return f"sqlite:///{folder / 'optuna.db'}"
 
@@ -130,9 +131,9 @@ def _open_study(tune_cfg: TuneCfg, reg: RegistryCfg, url: str) -> optuna.Study:
                 time.sleep(1.0)
                 continue
             raise ConfigError(
-                f"tune.storage={store.hide_password(url)!r} is not usable "
+                f"tune.storage={hide_password(url)!r} is not usable "
                 f"({type(exc).__name__}: "
-                f"{store.hide_password(str(exc)).splitlines()[0][:200]}): expected an RDB "
+                f"{first_line(exc)}): expected an RDB "
                 "URL such as sqlite:///path/optuna.db or postgresql://host/db"
             ) from None
         # The sampler's state is not stored with the study: reseeded alike, a resumed study
@@ -161,7 +162,7 @@ def _get_or_create_parent(
     parent = run.info.run_id
     for key, value in {
         "study_name": tune_cfg.study_name,
-        "storage": store.hide_password(url),
+        "storage": hide_password(url),
         "direction": study.direction.name.lower(),
         "metric": metric,
         "space": json.dumps(tune_cfg.space),
@@ -248,7 +249,7 @@ def tune(
     log.info(
         "tune: study %s in %s, MLflow parent run %s, %d trials so far",
         tune_cfg.study_name,
-        store.hide_password(url),
+        hide_password(url),
         parent,
         len(study.trials),
     )

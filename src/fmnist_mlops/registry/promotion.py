@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from fmnist_mlops.config.schema import RegistryCfg
 from fmnist_mlops.registry.rule import PREVIOUS_TAG, current_champion, decide, registry_lock
 from fmnist_mlops.runtime.errors import RegistryError
+from fmnist_mlops.runtime.files import write_json
 from fmnist_mlops.runtime.folders import read_run, stage_dir
-from fmnist_mlops.runtime.paths import METRICS_JSON, PROMOTION_JSON, RUN_FILE, write_json
+from fmnist_mlops.runtime.paths import METRICS_JSON, PROMOTION_JSON, RUN_FILE
 from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.scratch import out_dir
 

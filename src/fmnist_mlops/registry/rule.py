@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.runtime.errors import RegistryError
-from fmnist_mlops.runtime.paths import file_lock, store_root
+from fmnist_mlops.runtime.files import file_lock
+from fmnist_mlops.runtime.paths import registry_lock_file
 
 PREVIOUS_TAG = "previous_champion"
 
@@ -64,22 +65,24 @@ def registry_lock(
     if lock_url:
         yield from _pg_lock(name, lock_url, setting)
         return
-    with file_lock(store_root() / ".locks" / f"registry-{name}.lock"):
+    with file_lock(registry_lock_file(name)):
         yield
 
 
 def _pg_lock(name: str, url: str, setting: str) -> Iterator[None]:
     import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    from fmnist_mlops.tracking.databases import engine as make_engine
+    from fmnist_mlops.tracking.databases import first_line, hide_password
+
+    engine = make_engine(url)
     try:
         conn = engine.connect()
     except sqlalchemy.exc.OperationalError as exc:
         engine.dispose()
-        where = engine.url.render_as_string(hide_password=True)
-        first = str(exc.orig).strip().splitlines()[0]
-        raise RegistryError(f"{setting}: cannot reach {where} ({first})") from None
+        raise RegistryError(
+            f"{setting}: cannot reach {hide_password(url)} ({first_line(exc)})"
+        ) from None
     try:
         key = sqlalchemy.text("select hashtextextended(:name, 0)")
         lock_id = conn.execute(key, {"name": f"fmnist-registry:{name}"}).scalar_one()

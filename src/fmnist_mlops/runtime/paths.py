@@ -1,18 +1,14 @@
-"""Where things live, and the one way files are written: names, roots, atomic writers, locks.
+"""Where things live: stage outputs, the repository and store roots, and what sits beside them.
 
-A leaf: imports nothing of the project, so every layer may use it.
+The folders and lock files kept beside the store (backups, scratch, locks, servers) are named
+here and nowhere else. A leaf: imports nothing of the project, so every layer may use it.
+Writing files is :mod:`fmnist_mlops.runtime.files`' job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 # What the stages write under paths.out (DVC: the repo root).
 MODEL_FILE = Path("models/model.keras")
@@ -71,46 +67,33 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
-@contextlib.contextmanager
-def atomic(path: Path) -> Iterator[Path]:
-    """The one way files are published: write the yielded path, it replaces ``path`` at the end.
+def backups_root(uri: str) -> Path:
+    """Where training backups live for the store at ``uri``.
 
-    The temporary file sits beside ``path`` (same file system, so the rename is atomic) and
-    keeps its suffix (Keras and matplotlib choose the format by it). A reader, DVC included,
-    sees the old file or the new one, never half of one; on an error the temporary is removed.
+    Beside a SQLite database (so each store has its own backups), else in the repository.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return (sqlite_dir(uri) or store_root()) / ".backups"
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`atomic`)."""
-    with atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def scratch_root(configured: str | os.PathLike) -> Path:
+    """Return ``paths.scratch`` as a folder; a relative path is taken from the repository.
 
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON atomically: a reader sees the old file or the new one."""
-    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """The one inter-process lock of this host: an exclusive ``flock`` on ``path``.
-
-    The kernel drops it when the holder dies, so a killed process never leaves it stuck.
+    The repository, not DVC's temporary experiment workspaces, which DVC deletes.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    p = Path(os.path.expanduser(str(configured)))
+    return p if p.is_absolute() else store_root() / p
+
+
+def registry_lock_file(name: str) -> Path:
+    """The host-wide lock one registry mover of model ``name`` holds at a time."""
+    return store_root() / ".locks" / f"registry-{name}.lock"
+
+
+def store_open_lock_file(uri: str) -> Path:
+    """The lock serialising the first opening of the SQLite store at ``uri``."""
+    return sqlite_dir(uri) / ".locks" / f"{Path(uri).name}.open.lock"
+
+
+def serve_record(port: int) -> Path:
+    """Where ``make serve`` records the model server it started on ``port``."""
+    return store_root() / ".serve" / f"port-{port}.json"

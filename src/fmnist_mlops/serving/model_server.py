@@ -26,7 +26,8 @@ from pathlib import Path
 import psutil
 
 from fmnist_mlops.runtime import owner
-from fmnist_mlops.runtime.paths import store_root, write_json
+from fmnist_mlops.runtime.files import write_json
+from fmnist_mlops.runtime.paths import serve_record
 
 
 @contextlib.contextmanager
@@ -78,11 +79,6 @@ def listeners(port: int, host: str = "127.0.0.1") -> list[psutil.Process]:
         ):
             found[conn.pid] = psutil.Process(conn.pid)
     return list(found.values())
-
-
-def record_path(port: int) -> Path:
-    """Where ``make serve`` records the model server it started on ``port``."""
-    return store_root() / ".serve" / f"port-{port}.json"
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -141,7 +137,7 @@ def stop(port: int, timeout: float = 20.0) -> bool:
     Returns:
         True if a server was stopped.
     """
-    path = record_path(port)
+    path = serve_record(port)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -169,7 +165,7 @@ def start(port: int, cmd: list[str]) -> None:
             f"PORT={port} is held by {holder(port)}, not a model server this checkout "
             "started: left alone; stop it yourself or choose another PORT"
         )
-    path = record_path(port)
+    path = serve_record(port)
     write_json(path, {"owner": owner.current(), "port": port, "cmd": cmd})
     os.execvp(cmd[0], cmd)
 

@@ -112,7 +112,8 @@ def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
 def _load_model(model_uri: str, tracking_uri: str | None):
     import mlflow
 
-    from fmnist_mlops.tracking.store import check_uri, connect, hide_password, tracking_setting
+    from fmnist_mlops.tracking.databases import first_line, hide_password
+    from fmnist_mlops.tracking.store import check_uri, connect, tracking_setting
 
     if tracking_uri is not None:
         setting, uri = "--tracking-uri", tracking_uri
@@ -123,9 +124,9 @@ def _load_model(model_uri: str, tracking_uri: str | None):
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # noqa: BLE001 - MLflow, OSError, SQLAlchemy: all mean "cannot"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ProjectError(
-            f"--model-uri={model_uri} cannot be loaded from {hide_password(uri)}: {first} "
+            f"--model-uri={model_uri} cannot be loaded from {hide_password(uri)}: "
+            f"{first_line(exc)} "
             "(run `make repro` first?)"
         ) from None
 

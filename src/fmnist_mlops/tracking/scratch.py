@@ -18,19 +18,11 @@ import time
 from pathlib import Path
 
 from fmnist_mlops.runtime import owner
+from fmnist_mlops.runtime.files import write_json
 from fmnist_mlops.runtime.folders import writable_dir
-from fmnist_mlops.runtime.paths import resolve, store_root, write_json
+from fmnist_mlops.runtime.paths import resolve, scratch_root
 
 OWNER_FILE = ".owner.json"
-
-
-def scratch_root(configured: str | os.PathLike) -> Path:
-    """Return ``paths.scratch`` as a folder; a relative path is taken from the repository.
-
-    The repository, not DVC's temporary experiment workspaces, which DVC deletes.
-    """
-    p = Path(os.path.expanduser(str(configured)))
-    return p if p.is_absolute() else store_root() / p
 
 
 def new_folder(configured: str | os.PathLike, stage: str) -> Path:

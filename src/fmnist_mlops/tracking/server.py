@@ -17,10 +17,14 @@ from pathlib import Path
 
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.runtime.paths import store_root
+from fmnist_mlops.tracking.databases import (
+    DATABASE_URL_STARTS,
+    hide_password,
+    scheme_of,
+    sqlalchemy_url,
+    unreachable,
+)
 from fmnist_mlops.tracking.probes import ProbeFailed, probe
-from fmnist_mlops.tracking.store import hide_password, sqlalchemy_url
-
-_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
 
 
 def backend_store_uri(uri: str | None = None) -> str:
@@ -35,7 +39,7 @@ def backend_store_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or ""
     if not uri:
         return f"sqlite:///{store_root() / 'mlflow.db'}"
-    if not uri.startswith(_SCHEMES):
+    if not uri.startswith(DATABASE_URL_STARTS):
         raise ConfigError(
             f"backend store {hide_password(uri)!r} is not supported; "
             "use sqlite:///<file> or postgresql://user:password@host:port/db"
@@ -49,17 +53,11 @@ def check_reachable(uri: str) -> None:
     Raises:
         ConfigError: naming the host (never the password) and the driver's first line.
     """
-    if uri.startswith("sqlite:///"):
+    if scheme_of(uri) == "sqlite":
         return
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5})
-        with engine.connect():
-            pass
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        raise ConfigError(f"backend store {hide_password(uri)!r} is unreachable: {first}") from None
+    problem = unreachable(uri)
+    if problem is not None:
+        raise ConfigError(f"backend store {hide_password(uri)!r} is unreachable: {problem}")
 
 
 def server_command(

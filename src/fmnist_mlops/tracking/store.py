@@ -17,7 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.config.schema import MlflowCfg
 from fmnist_mlops.runtime import owner
-from fmnist_mlops.runtime.paths import file_lock, project_root, sqlite_dir, store_root
+from fmnist_mlops.runtime.files import file_lock
+from fmnist_mlops.runtime.paths import project_root, sqlite_dir, store_open_lock_file, store_root
+from fmnist_mlops.tracking.databases import (
+    DATABASE_SCHEMES,
+    first_line,
+    hide_password,
+    scheme_of,
+    unreachable,
+)
 from fmnist_mlops.tracking.probes import ProbeFailed, probe
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,7 @@ def tracking_uri(configured: str | None) -> str:
     return tracking_setting(configured)[1]
 
 
-_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+_SCHEMES = (*DATABASE_SCHEMES, "mysql", "mssql", "http", "https", "file", "databricks")
 
 
 def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
@@ -63,7 +71,7 @@ def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
     from fmnist_mlops.runtime.errors import ConfigError
 
     shown = hide_password(uri)
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    scheme = scheme_of(uri)
     expected = "expected sqlite:///path/mlflow.db, postgresql://..., or http(s)://host:port"
     if scheme not in _SCHEMES:
         raise ConfigError(f"{setting}={shown!r} has no supported scheme: {expected}")
@@ -76,19 +84,9 @@ def check_uri(setting: str, uri: str, timeout: float = 5.0) -> None:
                 f"{setting}={shown!r}: cannot create {folder} ({exc.strerror}): {expected}"
             ) from None
     if scheme == "postgresql":
-        import sqlalchemy
-        from sqlalchemy.pool import NullPool
-
-        engine = sqlalchemy.create_engine(
-            sqlalchemy_url(uri), poolclass=NullPool, connect_args={"connect_timeout": int(timeout)}
-        )
-        try:
-            engine.connect().close()
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-            raise ConfigError(f"{setting}={shown!r} cannot be reached ({first})") from None
-        finally:
-            engine.dispose()
+        problem = unreachable(uri, timeout)
+        if problem is not None:
+            raise ConfigError(f"{setting}={shown!r} cannot be reached ({problem})")
     if scheme in ("http", "https"):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
@@ -123,11 +121,10 @@ def _first_open_lock(uri: str) -> Iterator[None]:
     (two queued experiments, two workers on a fresh clone) make one fail with "Online
     migration expected to match one row". Other stores are created by their server.
     """
-    folder = sqlite_dir(uri)
-    if folder is None:
+    if sqlite_dir(uri) is None:
         yield
         return
-    with file_lock(folder / ".locks" / f"{Path(uri).name}.open.lock"):
+    with file_lock(store_open_lock_file(uri)):
         yield
 
 
@@ -151,10 +148,9 @@ def setup(settings: MlflowCfg) -> str:
     except Exception as exc:  # SQLAlchemy or MLflow errors: a store that cannot be opened
         from fmnist_mlops.runtime.errors import ConfigError
 
-        first = hide_password(str(exc)).strip().splitlines()[0][:200] if str(exc) else ""
         raise ConfigError(
             f"{setting or 'the default tracking URI'}={hide_password(uri)!r} is not usable "
-            f"({type(exc).__name__}: {first})"
+            f"({type(exc).__name__}: {first_line(exc)})"
         ) from None
     if experiment is None:
         db_dir = sqlite_dir(uri)
@@ -235,24 +231,6 @@ def run_tags(stage: str) -> dict[str, str]:
 
 
 _SECRET_WORDS = ("password", "secret", "token", "access_key", "api_key", "credential")
-
-
-def sqlalchemy_url(uri: str) -> str:
-    """Rewrite ``postgresql://`` to ``postgresql+psycopg://``; other URLs are unchanged.
-
-    The project installs psycopg 3, which SQLAlchemy would not pick for a bare URL.
-    """
-    if uri.startswith("postgresql://"):
-        return "postgresql+psycopg://" + uri.removeprefix("postgresql://")
-    return uri
-
-
-def hide_password(text: str) -> str:
-    """``scheme://user:password@host/...`` becomes ``scheme://***@host/...``; else unchanged."""
-    if "://" in text and "@" in text.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = text.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return text
 
 
 def redact(flat: dict[str, Any]) -> dict[str, Any]:

@@ -20,16 +20,8 @@ import mlflow
 
 from fmnist_mlops.config.schema import TrainCfg
 from fmnist_mlops.runtime.errors import TrainingDiverged, raise_if_interrupted
-from fmnist_mlops.runtime.paths import write_json
-from fmnist_mlops.train.history import EPOCH_METRICS
-from fmnist_mlops.train.resume import (
-    CLAIM_FILE,
-    STATE_FILE,
-    as_number,
-    read_files,
-    rng_state,
-    sha256_of,
-)
+from fmnist_mlops.train.backup import as_number, read_files, rng_state, write_state
+from fmnist_mlops.train.history import logged_metrics
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -51,11 +43,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
-        logs = logs or {}
-        values = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}
-        if "learning_rate" in logs:  # the rate this epoch used
-            values["lr"] = float(logs["learning_rate"])
-        mlflow.log_metrics(values, step=epoch, synchronous=True)
+        mlflow.log_metrics(logged_metrics(logs or {}), step=epoch, synchronous=True)
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -118,8 +106,6 @@ class EpochBackup(keras.callbacks.Callback):
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
         self.folder.mkdir(parents=True, exist_ok=True)
-        # New file names every epoch, and state.json switched atomically last: a kill at any
-        # moment leaves the previous epoch's consistent set (files and their checksums).
         previous = read_files(self.folder)
         last = f"last-{epoch:04d}.keras"
         self.model.save(self.folder / last)
@@ -148,13 +134,8 @@ class EpochBackup(keras.callbacks.Callback):
             },
             "files": {"last": last, "best": best},
             "rng": rng_state(self.model),
-            "sha256": {name: sha256_of(self.folder / name) for name in (last, best) if name},
         }
-        write_json(self.folder / STATE_FILE, state)
-        keep = {STATE_FILE, CLAIM_FILE, last, best}
-        for path in self.folder.iterdir():
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
+        write_state(self.folder, state)
 
 
 class RestoredEarlyStopping(keras.callbacks.EarlyStopping):

@@ -25,7 +25,8 @@ from fmnist_mlops.model.cnn import build_model, compile_model, steps_per_executi
 from fmnist_mlops.runtime.errors import raise_if_interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE
 from fmnist_mlops.train import callbacks as callbacks_lib
-from fmnist_mlops.train import platforms, resume
+from fmnist_mlops.train import platforms
+from fmnist_mlops.train.backup import EpochBackupSpec, ResumeState
 from fmnist_mlops.train.distribute import make_strategy, peers_guarded
 from fmnist_mlops.train.history import EPOCH_METRICS
 
@@ -64,8 +65,8 @@ def fit(
     seed: int,
     splits: Splits,
     out: Path,
-    backup: resume.EpochBackupSpec | None = None,
-    restored: resume.ResumeState | None = None,
+    backup: EpochBackupSpec | None = None,
+    restored: ResumeState | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict[str, list[float]], int]:
     """Build, compile and fit the model; publish the best checkpoint as ``models/model.keras``.

@@ -8,7 +8,7 @@ drawn in ``history.png``.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +21,18 @@ import numpy as np  # noqa: E402
 from fmnist_mlops.runtime.paths import atomic  # noqa: E402
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def logged_metrics(logs: Mapping[str, float]) -> dict[str, float]:
+    """What MLflow gets for one epoch (step = epoch): ``EPOCH_METRICS`` and ``lr``.
+
+    ``lr`` is the rate the epoch used (Keras reports it as ``learning_rate`` when a schedule or
+    plateau callback changes it); a name Keras does not report is left out.
+    """
+    values = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}
+    if "learning_rate" in logs:
+        values["lr"] = float(logs["learning_rate"])
+    return values
 
 
 def write_history(hist: dict[str, list[float]], path: Path) -> None:

@@ -112,8 +112,7 @@ def with_prepared_split(args: Sequence[str]) -> list[str]:
         return args
     from fmnist_mlops.config.compose import compose, validate
     from fmnist_mlops.data.dataset import split_settings
-    from fmnist_mlops.runtime.paths import resolve
-    from fmnist_mlops.tracking.scratch import scratch_root
+    from fmnist_mlops.runtime.paths import resolve, scratch_root
 
     cfg = compose(args)
     config = validate(cfg)

@@ -15,22 +15,24 @@ import mlflow
 
 from fmnist_mlops.config.schema import Config
 from fmnist_mlops.runtime.errors import Interrupted, TrainingDiverged, raise_if_interrupted
+from fmnist_mlops.runtime.files import write_json
 from fmnist_mlops.runtime.folders import writable_dir
 from fmnist_mlops.runtime.paths import (
     HISTORY_CSV,
     HISTORY_PNG,
     MODEL_FILE,
     RUN_FILE,
+    backups_root,
     resolve,
-    write_json,
+    scratch_root,
 )
 from fmnist_mlops.tracking import nesting, store
 from fmnist_mlops.tracking.context import StageContext
-from fmnist_mlops.tracking.scratch import out_dir, scratch_root
+from fmnist_mlops.tracking.scratch import out_dir
+from fmnist_mlops.train import backup, claims, cluster
 from fmnist_mlops.train import callbacks as callbacks_lib
-from fmnist_mlops.train import cluster, resume
 from fmnist_mlops.train.fitting import fit, weights_sha256
-from fmnist_mlops.train.history import EPOCH_METRICS, history_plot, write_history
+from fmnist_mlops.train.history import history_plot, logged_metrics, write_history
 from fmnist_mlops.train.model_logging import log_served_model
 
 log = logging.getLogger(__name__)
@@ -69,13 +71,13 @@ def train(
         writable_dir("paths.out", resolve(paths.out))
     store.mark_orphaned_runs(ctx.track())
 
-    cfg_hash = resume.config_hash(ctx.cfg, splits.meta)
+    cfg_hash = backup.config_hash(ctx.cfg, splits.meta)
     done = nesting.finished_run(cfg_hash)
     if done is not None:
         log.info("train: run %s of this sweep trained this job already: not trained again", done)
         return {**store.run_record(done, splits.meta), "out_dir": None}
-    folder, restored = resume.claim(
-        resume.backups_root(ctx.tracking_uri),
+    folder, restored = claims.claim(
+        backups_root(ctx.tracking_uri),
         cfg_hash,
         None if paths.out is None else str(resolve(paths.out)),
         paths.out,
@@ -86,7 +88,7 @@ def train(
         tags = {**(tags or {}), "distribute.workers": str(role.workers)}
         return _claimed_training(ctx, folder, restored, cfg_hash, tags, callbacks)
     except BaseException:
-        resume.release(folder)
+        claims.release(folder)
         raise
 
 
@@ -103,7 +105,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             "config_hash": cfg_hash,
         }
         active = mlflow.start_run(tags=run_tags)
-        resume.name_run(folder, active.info.run_id)
+        claims.name_run(folder, active.info.run_id)
     else:
         log.info(
             "train: resuming run %s after epoch %d (backup %s)",
@@ -125,7 +127,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
         )
 
     with active as run:
-        spec = resume.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
+        spec = backup.EpochBackupSpec(folder, run.info.run_id, cfg_hash)
         try:
             record, summary, fit_seconds = _tracked_training(
                 ctx, out, run, spec, restored, callbacks
@@ -140,11 +142,11 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             )
             raise
         except TrainingDiverged as exc:
-            resume.clear(folder)  # resuming would diverge again
+            backup.clear(folder)  # resuming would diverge again
             mlflow.set_tag("failure", str(exc))
             mlflow.end_run(status="FAILED")
             raise TrainingDiverged(f"{exc}; run {run.info.run_id} marked FAILED") from None
-    resume.clear(folder)
+    backup.clear(folder)
     log.info(
         "train: done in %.1f s, best epoch %d of %d, val_accuracy %.4f",
         fit_seconds,
@@ -172,7 +174,7 @@ def _join_cluster(ctx: StageContext) -> None:
 
     with peers_guarded():  # a peer that stops while the others join is a lost peer too
         strategy = make_strategy("multi_worker")  # made once per process; fit reuses it
-    text = json.dumps(store.flatten(resume.training_settings(ctx.cfg)), default=str)
+    text = json.dumps(store.flatten(backup.training_settings(ctx.cfg)), default=str)
     mine = json.loads(text)
     every = [json.loads(t) for t in gather_text(strategy, text)]
     differ = sorted(
@@ -190,7 +192,7 @@ def _join_cluster(ctx: StageContext) -> None:
         )
 
 
-def _share_backup(config: Config, restored: resume.ResumeState | None) -> str | None:
+def _share_backup(config: Config, restored: backup.ResumeState | None) -> str | None:
     """Multi-worker: tell every worker which backup the chief resumes (None: a new run)."""
     if config.train.distribute != "multi_worker":
         return None
@@ -214,8 +216,8 @@ def _peer_training(ctx: StageContext, role: cluster.Role) -> dict[str, Any]:
     folder = _share_backup(config, None)
     restored = None
     if folder is not None:
-        cfg_hash = resume.config_hash(ctx.cfg, splits.meta)
-        restored = resume.load(Path(folder), cfg_hash, discard=False)
+        cfg_hash = backup.config_hash(ctx.cfg, splits.meta)
+        restored = backup.load(Path(folder), cfg_hash, discard=False)
     with tempfile.TemporaryDirectory(prefix=f"fmnist-worker{role.index}-") as tmp:
         model, hist, best_epoch = fit(
             config.train, config.model, config.seed, splits, Path(tmp), restored=restored
@@ -235,12 +237,8 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
     logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
     for epoch in range(len(history.get("loss", []))):
         if epoch not in logged:
-            values = {
-                k: history[k][epoch] for k in (*EPOCH_METRICS, "learning_rate") if k in history
-            }
-            if "learning_rate" in values:
-                values["lr"] = values.pop("learning_rate")
-            mlflow.log_metrics(values, step=epoch, synchronous=True)
+            logs = {k: v[epoch] for k, v in history.items() if epoch < len(v)}
+            mlflow.log_metrics(logged_metrics(logs), step=epoch, synchronous=True)
 
 
 def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=()):
