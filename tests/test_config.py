@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from fmnist_mlops.config.compose import compose, params_yaml, validate
 from fmnist_mlops.runtime.errors import ConfigError
-from fmnist_mlops.tracking.store import flatten
+from fmnist_mlops.tracking.logged_params import flatten
 
 
 def test_defaults_expose_the_documented_interface():

@@ -17,6 +17,7 @@ from fmnist_mlops.config.compose import validate
 from fmnist_mlops.experiments import sweep
 from fmnist_mlops.tracking import nesting, store
 from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.tracking.tags import run_tags
 
 SCRIPTS = "src"
 
@@ -124,7 +125,7 @@ def test_end_of_sweep_promotion_reads_its_children_from_mlflow_only(
     base = adhoc_cfg(smoke_cfg, tmp_path)
     experiment_id = store.setup(validate(base).mlflow)
     client = MlflowClient()
-    parent = client.create_run(experiment_id, tags=store.run_tags("sweep")).info.run_id
+    parent = client.create_run(experiment_id, tags=run_tags("sweep")).info.run_id
     # What the sweep callback sets for each job (the real jobs run in this process).
     monkeypatch.setenv(nesting.PARENT_ENV, parent)
     children = []

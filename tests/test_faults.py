@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.runtime import errors
 from fmnist_mlops.runtime.errors import TrainingDiverged
-from fmnist_mlops.tracking import store
 from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.tracking.runs import mark_orphaned_runs
+from fmnist_mlops.tracking.tags import run_tags
 
 
 def only_run(uri: str):
@@ -55,10 +56,10 @@ def test_sigkilled_run_is_marked_killed_by_the_next_start(tmp_path, smoke_prepar
     other = client.create_run(
         exp_id, tags={"host": "some-other-host", "pid": "1", "process_start": "0"}
     )
-    live = client.create_run(exp_id, tags=store.run_tags("train"))
+    live = client.create_run(exp_id, tags=run_tags("train"))
     assert live.data.tags["host"] == socket.gethostname()
 
-    marked = store.mark_orphaned_runs(exp_id)
+    marked = mark_orphaned_runs(exp_id)
     assert marked == [run.info.run_id]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert "is gone" in client.get_run(run.info.run_id).data.tags["killed_reason"]

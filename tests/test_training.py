@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from fmnist_mlops.config.compose import validate
 from fmnist_mlops.runtime.paths import METRICS_JSON, MODEL_FILE, PREDICTIONS_CSV, RUN_FILE
 from fmnist_mlops.tracking.context import open_stage
+from fmnist_mlops.tracking.logged_params import redact
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +114,6 @@ def test_evaluate_reopens_the_train_run_and_writes_reports(trained):
 
 def test_secrets_in_config_are_never_logged(tmp_path, smoke_prepared):
     from omegaconf import open_dict
-
-    from fmnist_mlops.tracking.store import redact
 
     assert redact({"mlflow.s3_secret_access_key": "AKIA", "x.api_key": "k", "seed": 1}) == {
         "mlflow.s3_secret_access_key": "***",

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.tracking import nesting
+from fmnist_mlops.tracking.runs import take_over
+from fmnist_mlops.tracking.tags import run_tags
 
 if TYPE_CHECKING:
     from fmnist_mlops.config.schema import Config
@@ -119,7 +121,6 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
     """
     from fmnist_mlops.runtime import owner
     from fmnist_mlops.runtime.errors import ConfigError
-    from fmnist_mlops.tracking import store
 
     found = client.search_runs(
         [experiment_id],
@@ -138,7 +139,7 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
         )
     if status not in ("RUNNING", "KILLED"):
         return None
-    store.take_over(client, parent, "sweep")
+    take_over(client, parent, "sweep")
     children = client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
     )
@@ -191,7 +192,6 @@ class MlflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         from fmnist_mlops.runtime.cli import setup_logging
-        from fmnist_mlops.tracking import store
         from fmnist_mlops.tracking.context import open_stage
 
         setup_logging()
@@ -207,7 +207,7 @@ class MlflowSweepCallback(Callback):
                 experiment_id,
                 run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 tags={
-                    **store.run_tags("sweep"),
+                    **run_tags("sweep"),
                     "sweep.arguments": " ".join(sweep_args),
                     "sweep.key": key,
                 },

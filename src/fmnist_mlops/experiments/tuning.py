@@ -32,9 +32,11 @@ from fmnist_mlops.registry.rule import registry_lock
 from fmnist_mlops.runtime import owner
 from fmnist_mlops.runtime.errors import ConfigError, Interrupted, ProjectError
 from fmnist_mlops.runtime.paths import sqlite_dir, store_root
-from fmnist_mlops.tracking import nesting, store
+from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext, open_stage
 from fmnist_mlops.tracking.databases import first_line, hide_password, sqlalchemy_url
+from fmnist_mlops.tracking.runs import run_exists, take_over
+from fmnist_mlops.tracking.tags import run_tags
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +151,15 @@ def _get_or_create_parent(
     """The study's MLflow parent run: created with the study, reopened when it resumes."""
     client = MlflowClient()
     parent = study.user_attrs.get(PARENT_ATTR)
-    if parent and store.run_exists(parent):
+    if parent and run_exists(parent):
         run = client.get_run(parent)
         if run.info.status != "RUNNING" or not owner.is_alive(run.data.tags):
-            store.take_over(client, parent, "tune")
+            take_over(client, parent, "tune")
         return parent
     run = client.create_run(
         experiment_id,
         run_name=f"tune {tune_cfg.study_name}",
-        tags={**store.run_tags("tune"), "optuna.study": tune_cfg.study_name},
+        tags={**run_tags("tune"), "optuna.study": tune_cfg.study_name},
     )
     parent = run.info.run_id
     for key, value in {

@@ -20,6 +20,7 @@ from fmnist_mlops.config.compose import validate
 from fmnist_mlops.config.schema import Config
 from fmnist_mlops.data.dataset import Splits, stage_split
 from fmnist_mlops.tracking import store
+from fmnist_mlops.tracking.runs import run_record
 
 
 @dataclass
@@ -74,7 +75,7 @@ class StageContext:
                 another split than this stage's.
         """
         self.track()
-        return store.run_record(self.config.run_id, self.splits.meta)
+        return run_record(self.config.run_id, self.splits.meta)
 
 
 def open_stage(cfg: DictConfig) -> StageContext:

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_mlops.tracking.tags import run_tags, same_code
+
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "FMNIST_MLOPS_SWEEP_PARENT"
@@ -55,8 +57,6 @@ def finished_run(config_hash: str) -> str | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    from fmnist_mlops.tracking import store
-
     client = MlflowClient()
     runs = client.search_runs(
         [client.get_run(parent).info.experiment_id],
@@ -64,7 +64,7 @@ def finished_run(config_hash: str) -> str | None:
         "and attributes.status = 'FINISHED'",
         order_by=["attributes.end_time DESC"],
     )
-    return next((r.info.run_id for r in runs if store.same_code(r.data.tags)), None)
+    return next((r.info.run_id for r in runs if same_code(r.data.tags)), None)
 
 
 def job_hooks(cfg: DictConfig) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
                 client.set_terminated(run_id, "FAILED")
         else:
             run_id = client.create_run(
-                experiment_id, tags={**store.run_tags("train"), **child_tags()}
+                experiment_id, tags={**run_tags("train"), **child_tags()}
             ).info.run_id
             client.set_terminated(run_id, "FAILED")
         client.set_tag(run_id, "failure", str(exc)[:5000])

@@ -26,9 +26,12 @@ from fmnist_mlops.runtime.paths import (
     resolve,
     scratch_root,
 )
-from fmnist_mlops.tracking import nesting, store
+from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext
+from fmnist_mlops.tracking.logged_params import flatten, log_config
+from fmnist_mlops.tracking.runs import mark_orphaned_runs, run_exists, run_record
 from fmnist_mlops.tracking.scratch import out_dir
+from fmnist_mlops.tracking.tags import run_tags
 from fmnist_mlops.train import backup, claims, cluster
 from fmnist_mlops.train import callbacks as callbacks_lib
 from fmnist_mlops.train.fitting import fit, weights_sha256
@@ -69,19 +72,19 @@ def train(
         writable_dir("paths.scratch", scratch_root(paths.scratch))
     else:
         writable_dir("paths.out", resolve(paths.out))
-    store.mark_orphaned_runs(ctx.track())
+    mark_orphaned_runs(ctx.track())
 
     cfg_hash = backup.config_hash(ctx.cfg, splits.meta)
     done = nesting.finished_run(cfg_hash)
     if done is not None:
         log.info("train: run %s of this sweep trained this job already: not trained again", done)
-        return {**store.run_record(done, splits.meta), "out_dir": None}
+        return {**run_record(done, splits.meta), "out_dir": None}
     folder, restored = claims.claim(
         backups_root(ctx.tracking_uri),
         cfg_hash,
         None if paths.out is None else str(resolve(paths.out)),
         paths.out,
-        store.run_exists,
+        run_exists,
     )
     try:
         _share_backup(config, restored)
@@ -97,14 +100,14 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
     paths = ctx.config.paths
     out = out_dir(paths.out, "train", paths.scratch)
     if restored is None:
-        run_tags = {
-            **store.run_tags("train"),
+        start_tags = {
+            **run_tags("train"),
             **nesting.child_tags(),
             **(tags or {}),
             "out_dir": str(out),
             "config_hash": cfg_hash,
         }
-        active = mlflow.start_run(tags=run_tags)
+        active = mlflow.start_run(tags=start_tags)
         claims.name_run(folder, active.info.run_id)
     else:
         log.info(
@@ -116,7 +119,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
         active = mlflow.start_run(run_id=restored.run_id)
         mlflow.set_tags(
             {
-                **store.run_tags("train"),
+                **run_tags("train"),
                 # A continued sweep's or study's parent (which may be new): nest under it.
                 **nesting.child_tags(),
                 **(tags or {}),
@@ -174,7 +177,7 @@ def _join_cluster(ctx: StageContext) -> None:
 
     with peers_guarded():  # a peer that stops while the others join is a lost peer too
         strategy = make_strategy("multi_worker")  # made once per process; fit reuses it
-    text = json.dumps(store.flatten(backup.training_settings(ctx.cfg)), default=str)
+    text = json.dumps(flatten(backup.training_settings(ctx.cfg)), default=str)
     mine = json.loads(text)
     every = [json.loads(t) for t in gather_text(strategy, text)]
     differ = sorted(
@@ -253,7 +256,7 @@ def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=())
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
         return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
-    store.log_config(ctx.cfg)
+    log_config(ctx.cfg)
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
     for name, x, y in (
