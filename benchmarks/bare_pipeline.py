@@ -13,16 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
-STARTED = time.monotonic()
+from measure import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+STARTED = time.monotonic()
 
 
 def main() -> int:
     from omegaconf import OmegaConf
 
     from fmnist_mlops.config.compose import validate
-    from fmnist_mlops.data.dataset import Splits, load_raw, locate, split
+    from fmnist_mlops.data.idx import load_raw, locate
+    from fmnist_mlops.data.splits import Splits, split
     from fmnist_mlops.evaluate.scoring import assess
     from fmnist_mlops.runtime.cli import skip_exit_collection
     from fmnist_mlops.train.fitting import fit

@@ -8,25 +8,17 @@ Usage: python benchmarks/experiment_queue.py [--experiments 4] [--epochs 8]
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
+from measure import BIN, ROOT, env
 
 
 def _sh(cwd: Path, *cmd: str) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, check=True)
     return done.stdout
 
 
@@ -47,7 +39,7 @@ def queue_wall(jobs: int, experiments: int, epochs: int, tmp: Path) -> float:
     subprocess.run(
         [str(BIN / "dvc"), "queue", "start", "-j", str(jobs)],
         cwd=project,
-        env=_env(),
+        env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=True,

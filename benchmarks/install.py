@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from measure import ROOT
+
 CASES = [("pip", "cold"), ("pip", "warm"), ("uv", "cold"), ("uv", "warm")]
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from measure import ROOT
 
 
 def _run(cmd: list[str], tmp: Path, epochs: int) -> tuple[float, float]:

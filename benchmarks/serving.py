@@ -23,11 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from measure import BIN, ROOT
 
 from fmnist_mlops.serving.model_server import running
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:

@@ -20,24 +20,38 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config.compose import compose
-from fmnist_mlops.data.dataset import SPECS
+from fmnist_mlops.data.idx import SPECS
 from fmnist_mlops.serving.model_server import running as http_process  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
+# The system data folder, from the config group (conf/data/), like every stage reads it.
+SYSTEM_DATA = Path(compose().data.system_dir)
 PIPELINE_OUTPUT_DIRS = ("data", "models", "reports")
 
 
 def load_script(relative: str):
-    """A script of the checkout (``tools/targets.py``) as a module, without touching sys.path."""
-    path = ROOT / relative
+    """A script of the checkout (``tools/targets.py``) as a module, without touching sys.path.
+
+    A script run directly imports its folder's modules by bare name (``from measure import
+    run_timed``): those are loaded first, under those names, as Python would find them.
+    """
     name = "script_" + "_".join(Path(relative).with_suffix("").parts)
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[name] if name in sys.modules else _load(name, ROOT / relative)
+
+
+def _load(name: str, path: Path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            sibling = path.parent / f"{node.module}.py"
+            if sibling.is_file() and node.module not in sys.modules:
+                _load(node.module, sibling)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- the stages, imported on first call ------------------------------------------------------

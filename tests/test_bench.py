@@ -33,9 +33,11 @@ def test_seed_recipe_is_the_tutorial_with_typos_fixed_only():
 
 
 def test_flop_count_of_the_reference_cnn():
-    train_mflop_per_image = load_script("benchmarks/training.py").train_mflop_per_image
+    from fmnist_mlops.config.compose import compose, validate
 
-    forward, training = train_mflop_per_image()
+    train_mflop_per_image = load_script("benchmarks/flops.py").train_mflop_per_image
+
+    forward, training = train_mflop_per_image(validate(compose()).model)
     # conv1 0.45 + conv2 7.23 + dense 0.63 + output 0.002 MFLOP; backward = 2x forward, minus
     # conv1's input gradient: the issue's ≈24.5 MFLOP per training image.
     assert forward == pytest.approx(8.306, abs=0.01)
@@ -43,8 +45,8 @@ def test_flop_count_of_the_reference_cnn():
 
 
 def test_runs_that_never_reach_the_target_count_as_slowest():
-    _fmt = load_script("benchmarks/training.py")._fmt
-    _mid = load_script("benchmarks/training.py")._mid
+    _fmt = load_script("benchmarks/measure.py").fmt
+    _mid = load_script("benchmarks/measure.py").mid
 
     assert _fmt(_mid([None, None, 80.0])) == "never (2 of 3 runs)"
     stat = _mid([10.0, None, 30.0])
@@ -77,7 +79,7 @@ def test_ratios_are_taken_within_each_repeat():
 
 
 def test_an_epochs_flops_count_its_validation_forwards():
-    epoch_gflop = load_script("benchmarks/training.py").epoch_gflop
+    epoch_gflop = load_script("benchmarks/flops.py").epoch_gflop
 
     # 48,000 training images at 24.47 MFLOP, 12,000 validation images at 8.306 MFLOP each.
-    assert epoch_gflop(24.47, 8.306) == pytest.approx(1174.56 + 99.67, abs=0.01)
+    assert epoch_gflop(24.47, 8.306, 0.2) == pytest.approx(1174.56 + 99.67, abs=0.01)

@@ -16,20 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, free_port, require_real_data, venv_env
+from helpers import ROOT, SYSTEM_DATA, free_port, require_real_data, venv_env
 from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config.compose import compose
-from fmnist_mlops.data.dataset import (
-    IMAGE_MAGIC,
-    LABEL_MAGIC,
-    SPECS,
-    IdxSpec,
-    load_prepared,
-    locate,
-    read_idx,
-)
+from fmnist_mlops.data.idx import IMAGE_MAGIC, LABEL_MAGIC, SPECS, IdxSpec, locate, read_idx
 from fmnist_mlops.data.preparation import prepare
+from fmnist_mlops.data.splits import load_prepared
 from fmnist_mlops.runtime.errors import DataError
 
 
@@ -222,7 +215,7 @@ def test_real_data_verifies_and_splits_stratified(real_prepared):
     assert splits.x_train.dtype == np.uint8 and splits.x_train.shape == (48000, 28, 28)
     # The test set is the official one, untouched and in its original order.
     test_images, _ = read_idx(
-        Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"), SPECS[2]
+        SYSTEM_DATA / "t10k-images-idx3-ubyte.gz", SPECS[2]
     )
     assert np.array_equal(splits.x_test, test_images)
 
@@ -232,7 +225,7 @@ def test_corrupt_source_fails_before_anything_is_written(real_prepared, tmp_path
     out, _, cfg = real_prepared
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     broken = tmp_path / "broken"
-    shutil.copytree("/usr/share/datasets/fashion-mnist", broken)
+    shutil.copytree(SYSTEM_DATA, broken)
     target = broken / "train-labels-idx1-ubyte.gz"
     target.write_bytes(target.read_bytes()[:-100])  # truncated download
     with open_dict(cfg):

@@ -69,7 +69,7 @@ def champion(default_project):
 
 @pytest.fixture(scope="session")
 def splits(default_project):
-    from fmnist_mlops.data.dataset import load_prepared
+    from fmnist_mlops.data.splits import load_prepared
 
     return load_prepared(default_project / "data" / "prepared")
 

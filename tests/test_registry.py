@@ -10,7 +10,7 @@ import pytest
 from helpers import race_promotions
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.data.dataset import load_prepared
+from fmnist_mlops.data.splits import load_prepared
 from fmnist_mlops.registry.promotion import promote, rollback
 from fmnist_mlops.registry.rule import decide
 from fmnist_mlops.runtime.errors import RegistryError

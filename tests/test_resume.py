@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from fmnist_mlops.config.compose import validate
-from fmnist_mlops.data.dataset import load_prepared
+from fmnist_mlops.data.splits import load_prepared
 from fmnist_mlops.runtime.errors import ConfigError, Interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE
 from fmnist_mlops.tracking.context import open_stage

@@ -136,7 +136,7 @@ def test_each_epoch_trains_every_batch_once_in_whole_executions(tmp_path, smoke_
     """Several steps run per call into TensorFlow, yet an epoch stays one pass over the data."""
     import keras
 
-    from fmnist_mlops.data.dataset import load_prepared
+    from fmnist_mlops.data.splits import load_prepared
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.batch_size=32", "train.epochs=2")
     splits = load_prepared(smoke_prepared)
@@ -204,7 +204,7 @@ def test_a_failing_training_leaves_the_published_model_untouched(tmp_path, smoke
     """models/model.keras (a DVC output) is published once, verified; never half-written."""
     import keras
 
-    from fmnist_mlops.data.dataset import load_prepared
+    from fmnist_mlops.data.splits import load_prepared
 
     cfg = smoke_config(tmp_path, smoke_prepared, "train.epochs=2")
     splits = load_prepared(smoke_prepared)

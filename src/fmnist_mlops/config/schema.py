@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fmnist_mlops import NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES
+
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
@@ -18,9 +20,6 @@ METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
 HEADS = ("flatten", "global_avg")
 MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
-# Fashion-MNIST's fixed sizes: what the split settings are checked against before any data
-# is read (prepare verifies the real counts).
-TRAIN_IMAGES, TEST_IMAGES, NUM_CLASSES = 60000, 10000, 10
 # Which way each registry metric improves, and the values it can take.
 METRIC_MODE = {"val_accuracy": "max", "val_loss": "min"}
 METRIC_RANGE = {"val_accuracy": (0.0, 1.0), "val_loss": (0.0, float("inf"))}

@@ -11,7 +11,7 @@ import keras
 import mlflow
 
 from fmnist_mlops import CLASS_NAMES
-from fmnist_mlops.data.dataset import Splits
+from fmnist_mlops.data.splits import Splits
 from fmnist_mlops.evaluate.plots import confusion_plot, misclassified_grid
 from fmnist_mlops.evaluate.scoring import Assessment, assess, load_network
 from fmnist_mlops.runtime.files import atomic, write_json

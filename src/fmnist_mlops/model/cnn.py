@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from fmnist_mlops.config.schema import NUM_CLASSES, ModelCfg, TrainCfg
-
-IMAGE_SHAPE = (28, 28)
+from fmnist_mlops import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_mlops.config.schema import ModelCfg, TrainCfg
 
 
 def build_model(model_cfg: ModelCfg, precision: str = "float32") -> keras.Model:

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from fmnist_mlops.config.schema import TEST_IMAGES
+    from fmnist_mlops import TEST_IMAGES
 
     if not 0 <= args.top_k <= len(CLASS_NAMES):
         raise ProjectError(
@@ -203,7 +203,7 @@ def _walkthrough(model, n: int) -> None:
     """The tutorial's last step on real test images, with the true class beside the guess."""
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.data.dataset import load_raw, locate
+    from fmnist_mlops.data.idx import load_raw, locate
     from fmnist_mlops.runtime.paths import project_root
 
     data_cfg = OmegaConf.load(project_root() / "conf" / "data" / "fashion_mnist.yaml")

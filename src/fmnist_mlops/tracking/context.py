@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from fmnist_mlops.config.compose import validate
 from fmnist_mlops.config.schema import Config
-from fmnist_mlops.data.dataset import Splits, stage_split
+from fmnist_mlops.data.splits import Splits, stage_split
 from fmnist_mlops.tracking import store
 from fmnist_mlops.tracking.runs import run_record
 

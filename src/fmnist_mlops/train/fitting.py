@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from fmnist_mlops.config.schema import ModelCfg, TrainCfg
 from fmnist_mlops.data import augment, feed
-from fmnist_mlops.data.dataset import Splits
+from fmnist_mlops.data.splits import Splits
 from fmnist_mlops.model.cnn import build_model, compile_model, steps_per_execution
 from fmnist_mlops.runtime.errors import raise_if_interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE

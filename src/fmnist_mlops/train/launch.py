@@ -111,7 +111,7 @@ def with_prepared_split(args: Sequence[str]) -> list[str]:
     if any(a.split("=", 1)[0].lstrip("+~") == "paths.prepared" for a in args):
         return args
     from fmnist_mlops.config.compose import compose, validate
-    from fmnist_mlops.data.dataset import split_settings
+    from fmnist_mlops.data.splits import split_settings
     from fmnist_mlops.runtime.paths import resolve, scratch_root
 
     cfg = compose(args)
@@ -138,7 +138,7 @@ def with_prepared_split(args: Sequence[str]) -> list[str]:
 
 
 def _fits(folder, data_cfg) -> bool:
-    from fmnist_mlops.data.dataset import check_split
+    from fmnist_mlops.data.splits import check_split
     from fmnist_mlops.runtime.errors import DataError
 
     try:

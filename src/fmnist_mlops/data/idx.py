@@ -1,4 +1,4 @@
-"""Find, verify and read the Fashion-MNIST IDX files; split them; write/read prepared arrays.
+"""The raw Fashion-MNIST IDX files: find them (system folder, Keras cache, download), verify, read.
 
 Integrity is checked on the *decompressed* bytes: Debian recompressed the ``.gz`` files, so
 their compressed bytes differ from Zalando's while the content is identical.
@@ -8,31 +8,29 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from fmnist_mlops.config.schema import NUM_CLASSES, Config, DataCfg
+from fmnist_mlops import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES
+from fmnist_mlops.config.schema import DataCfg
 from fmnist_mlops.runtime.errors import DataError
 from fmnist_mlops.runtime.paths import resolve
 
 log = logging.getLogger(__name__)
 
 IMAGE_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
-LABEL_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 
-SPLITS = ("train", "val", "test")
+
+LABEL_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 
 
 @dataclass(frozen=True)
@@ -52,46 +50,30 @@ SPECS: tuple[IdxSpec, ...] = (
         "train-images-idx3-ubyte.gz",
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         IMAGE_MAGIC,
-        60000,
+        TRAIN_IMAGES,
     ),
     IdxSpec(
         "train-labels",
         "train-labels-idx1-ubyte.gz",
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         LABEL_MAGIC,
-        60000,
+        TRAIN_IMAGES,
     ),
     IdxSpec(
         "test-images",
         "t10k-images-idx3-ubyte.gz",
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         IMAGE_MAGIC,
-        10000,
+        TEST_IMAGES,
     ),
     IdxSpec(
         "test-labels",
         "t10k-labels-idx1-ubyte.gz",
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         LABEL_MAGIC,
-        10000,
+        TEST_IMAGES,
     ),
 )
-
-
-@dataclass
-class Splits:
-    """Prepared uint8 arrays: images (N, 28, 28) with raw 0-255 pixels, labels (N,)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    meta: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- locating
 
 
 def _has_all(folder: Path, specs: tuple[IdxSpec, ...]) -> bool:
@@ -174,9 +156,6 @@ def locate(data_cfg: DataCfg, specs: tuple[IdxSpec, ...] = SPECS) -> tuple[str, 
     return f"download ({data_cfg.base_url})", {s.key: cache / s.filename for s in specs}
 
 
-# --------------------------------------------------------------------------- reading
-
-
 def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
     """Decompress, verify and parse one IDX ``.gz`` file.
 
@@ -221,9 +200,9 @@ def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
     if spec.magic == IMAGE_MAGIC:
         rows = int.from_bytes(raw[8:12], "big")
         cols = int.from_bytes(raw[12:16], "big")
-        if (rows, cols) != (28, 28):
+        if (rows, cols) != IMAGE_SHAPE:
             raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28")
-        offset, shape = 16, (count, 28, 28)
+        offset, shape = 16, (count, *IMAGE_SHAPE)
     else:
         offset, shape = 8, (count,)
     expected_len = offset + int(np.prod(shape))
@@ -249,124 +228,3 @@ def load_raw(
     for spec in specs:
         arrays[spec.key], hashes[spec.key] = read_idx(files[spec.key], spec)
     return arrays, hashes
-
-
-# --------------------------------------------------------------------------- splitting
-
-
-def _stratified_subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int):
-    if n is None or n >= len(y):
-        return x, y
-    from sklearn.model_selection import train_test_split
-
-    x_sub, _, y_sub, _ = train_test_split(x, y, train_size=n, stratify=y, random_state=seed)
-    return x_sub, y_sub
-
-
-def split(arrays: dict[str, np.ndarray], data_cfg: DataCfg) -> dict[str, tuple[np.ndarray, ...]]:
-    """Stratified train/val split of the training set; optional stratified subsets.
-
-    The test set is never split or shuffled: only subset when ``data.max_test`` is set.
-    """
-    from sklearn.model_selection import train_test_split
-
-    seed = data_cfg.split_seed
-    x_tr, x_val, y_tr, y_val = train_test_split(
-        arrays["train-images"],
-        arrays["train-labels"],
-        test_size=data_cfg.val_split,
-        stratify=arrays["train-labels"],
-        random_state=seed,
-    )
-    out = {
-        "train": _stratified_subset(x_tr, y_tr, data_cfg.max_train, seed),
-        "val": _stratified_subset(x_val, y_val, data_cfg.max_val, seed),
-        "test": _stratified_subset(
-            arrays["test-images"], arrays["test-labels"], data_cfg.max_test, seed
-        ),
-    }
-    return out
-
-
-# --------------------------------------------------------------------------- prepared files
-
-
-def write_prepared(out: Path, splits: dict[str, tuple[np.ndarray, ...]], meta: dict) -> None:
-    """Write ``{train,val,test}.npz`` and ``meta.json`` atomically (temp folder, then rename).
-
-    A failure anywhere leaves a previous ``out`` exactly as it was.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; prepared data is not secret
-    try:
-        for name, (x, y) in splits.items():
-            np.savez(tmp / f"{name}.npz", x=x.astype(np.uint8), y=y.astype(np.uint8))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_prepared(folder: Path) -> Splits:
-    """Load what :func:`write_prepared` wrote.
-
-    Raises:
-        DataError: The folder or one of its files is missing.
-    """
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(
-            f"paths.prepared={folder} holds no prepared data: run `dvc repro prepare` "
-            f"(or `python src/prepare.py`) first"
-        )
-    meta = json.loads(meta_path.read_text())
-    arrays = {}
-    for name in SPLITS:
-        with np.load(folder / f"{name}.npz") as npz:
-            arrays[name] = (npz["x"], npz["y"])
-    return Splits(*arrays["train"], *arrays["val"], *arrays["test"], meta=meta)
-
-
-def split_settings(data_cfg: DataCfg) -> dict[str, Any]:
-    """What ``meta.json`` records of the split, and what a stage checks it against."""
-    return {
-        "val_split": data_cfg.val_split,
-        "split_seed": data_cfg.split_seed,
-        "max": {"train": data_cfg.max_train, "val": data_cfg.max_val, "test": data_cfg.max_test},
-    }
-
-
-def check_split(data_cfg: DataCfg, meta: dict[str, Any], folder: Path) -> None:
-    """Refuse prepared data that was split with other settings than this config asks for."""
-    wanted = split_settings(data_cfg)
-    found = {k: meta.get(k) for k in wanted}
-    if found != wanted:
-        raise DataError(
-            f"prepared data in {folder} was made with {found}, this config asks for {wanted}: "
-            "prepare that split into a folder of its own (`python src/prepare.py <the same "
-            "data.* overrides> paths.prepared=<folder>`) and name it here too; `dvc repro` "
-            "remakes data/prepared from params.yaml"
-        )
-
-
-def stage_split(config: Config) -> tuple[Path, Splits]:
-    """The prepared split every stage after ``prepare`` reads, checked against ``config``.
-
-    ``paths.prepared``, loaded, and refused in one line if it was made with other ``data.*``
-    settings than ``config``'s.
-
-    Returns:
-        The folder and the splits.
-    """
-    prepared = resolve(config.paths.prepared)
-    splits = load_prepared(prepared)
-    check_split(config.data, splits.meta, prepared)
-    return prepared, splits
