@@ -223,3 +223,43 @@ def test_xdist_groups_stay_in_one_process(tmp_path):
     free = {words[0] for words in ran if "::test_free" in words[-1]}
     assert len(grouped) == 1, f"one group ran in {sorted(grouped)}"
     assert free <= {"[gw0]", "[gw1]"} and free, out.stdout[-2000:]
+
+
+def test_every_name_imported_from_the_package_is_defined_there(project_root):
+    """After a module moves or splits, an import of a name it no longer holds fails only when
+    that code runs (often in a subprocess, minutes later); read every import statically."""
+    import ast
+
+    src = project_root / "src"
+    defined: dict[str, set[str]] = {}
+    for path in (src / "fmnist_mlops").rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        names = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+                for t in node.targets:
+                    if isinstance(t, ast.Tuple):
+                        names |= {e.id for e in t.elts if isinstance(e, ast.Name)}
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        defined[module] = names
+    files = [*src.rglob("*.py"), *(project_root / "tests").glob("*.py")]
+    files += [*(project_root / "benchmarks").rglob("*.py"), *(project_root / "tools").glob("*.py")]
+    missing = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module in defined):
+                continue
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if alias.name not in defined[node.module] and submodule not in defined:
+                    missing.append(f"{path.relative_to(project_root)}: {submodule}")
+            if not any(node.module.startswith(m) for m in defined):
+                missing.append(f"{path.relative_to(project_root)}: {node.module}")
+    assert missing == []

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # headless: figures only go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_mlops.runtime.paths import atomic  # noqa: E402
+from fmnist_mlops.runtime.files import atomic  # noqa: E402
 
 
 def confusion_plot(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # headless: figures only go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_mlops.runtime.paths import atomic  # noqa: E402
+from fmnist_mlops.runtime.files import atomic  # noqa: E402
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
