@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from measure import BIN, ROOT
 
-from fmnist_mlops.serving.model_server import running
+from fmnist_mlops.runtime.processes import running
 
 
 def free_port() -> int:

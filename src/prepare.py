@@ -1,23 +1,16 @@
 """DVC stage ``prepare``: find, verify and split the real Fashion-MNIST IDX files."""
 
-import hydra
-from omegaconf import DictConfig
-
-from fmnist_mlops.runtime.cli import entry, run
+from fmnist_mlops.tracking.stage_app import stage_app
 
 
-def stage(cfg: DictConfig):
-    """Import the stage only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
+def stage(cfg):
+    """The stage, imported only now: ``--help`` and ``--cfg job`` never load TensorFlow."""
     from fmnist_mlops.data.preparation import prepare
 
     return prepare(cfg)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Run :func:`fmnist_mlops.data.preparation.prepare` with the composed config."""
-    run("prepare", stage, cfg)
-
+main = stage_app("prepare", stage, context=False)
 
 if __name__ == "__main__":
-    entry("prepare", main)
+    main()

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf, open_dict
 
 from fmnist_mlops.config.compose import compose
 from fmnist_mlops.data.idx import SPECS
-from fmnist_mlops.serving.model_server import running as http_process  # noqa: F401 - for the tests
+from fmnist_mlops.runtime.processes import running as http_process  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 # The system data folder, from the config group (conf/data/), like every stage reads it.
@@ -65,10 +65,10 @@ def train(ctx, **kwargs):
 
 
 def evaluate(ctx, **kwargs):
-    """:func:`fmnist_mlops.evaluate.evaluation.evaluate`."""
-    from fmnist_mlops.evaluate.evaluation import evaluate as run
+    """The metrics of :func:`fmnist_mlops.evaluate.evaluation.evaluate_in` (scoring alone)."""
+    from fmnist_mlops.evaluate.evaluation import evaluate_in
 
-    return run(ctx, **kwargs)
+    return evaluate_in(ctx, **kwargs)[0]
 
 
 def fit(*args, **kwargs):

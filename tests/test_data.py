@@ -214,9 +214,7 @@ def test_real_data_verifies_and_splits_stratified(real_prepared):
     splits = load_prepared(out)
     assert splits.x_train.dtype == np.uint8 and splits.x_train.shape == (48000, 28, 28)
     # The test set is the official one, untouched and in its original order.
-    test_images, _ = read_idx(
-        SYSTEM_DATA / "t10k-images-idx3-ubyte.gz", SPECS[2]
-    )
+    test_images, _ = read_idx(SYSTEM_DATA / "t10k-images-idx3-ubyte.gz", SPECS[2])
     assert np.array_equal(splits.x_test, test_images)
 
 

@@ -133,7 +133,7 @@ def readme_example(readme: Path) -> tuple[str, dict]:
 def test_the_readme_curl_example_gives_the_answer_it_shows(
     default_project, project_root, subprocess_env, free_tcp_port
 ):
-    from fmnist_mlops.serving.model_server import running
+    from fmnist_mlops.runtime.processes import running
 
     command, shown = readme_example(project_root / "README.md")
     bin_dir = Path(sys.executable).parent

@@ -3,6 +3,7 @@ model's own environment, and the hardware-dependent precision."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -200,7 +201,7 @@ def test_every_target_and_python_resolves_to_the_lock_with_wheels(resolved, comb
 @pytest.mark.slow
 @pytest.mark.parametrize("target", targets.TARGETS)
 def test_the_model_requirements_resolve_on_every_target(tmp_path, target):
-    dist, version = platforms.installed_tensorflow()
+    dist, version = _installed_tensorflow()
     import keras
     import mlflow
     import numpy
@@ -238,6 +239,16 @@ def _pyenv_python(version: str) -> Path:
     if not found:
         pytest.fail(f"no CPython {version} under {root}/versions: `pyenv install {version}`")
     return found[-1]
+
+
+def _installed_tensorflow() -> tuple[str, str]:
+    """``(distribution, version)`` of the TensorFlow build installed here, without importing it."""
+    from importlib import metadata
+
+    for name in platforms.TF_DISTRIBUTIONS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return name, metadata.version(name)
+    raise RuntimeError("TensorFlow is not installed: `make install`")
 
 
 def _clean_env(home: Path | None = None) -> dict[str, str]:

@@ -103,7 +103,7 @@ def table(port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Serve the model, print the table."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from fmnist_mlops.serving.model_server import running
+    from fmnist_mlops.runtime.processes import running
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model-uri", default=None, help="default: @champion of conf/")

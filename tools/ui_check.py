@@ -40,7 +40,7 @@ METRICS_SHOWN = ("test_accuracy", "val_accuracy", "best_epoch")
 @contextmanager
 def mlflow_ui(store_uri: str, port: int, log_path: Path, timeout: float = 120) -> Iterator[str]:
     """Run a lean ``mlflow ui`` (1 worker, no job runner) on 127.0.0.1 until the block ends."""
-    from fmnist_mlops.serving.model_server import running
+    from fmnist_mlops.runtime.processes import running
 
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

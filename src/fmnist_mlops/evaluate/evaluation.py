@@ -50,17 +50,6 @@ def _write_reports(out: Path, splits: Splits, test: Assessment) -> None:
     )
 
 
-def evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Score the trained model on the val and test splits and log it to the train run.
-
-    See :func:`evaluate_in`, which also returns the folder the reports went to.
-
-    Returns:
-        The metrics written to ``reports/metrics.json``.
-    """
-    return evaluate_in(ctx)[0]
-
-
 def evaluate_in(ctx: StageContext) -> tuple[dict[str, Any], Path]:
     """Score the trained model on the val and test splits and log it to the train run.
 

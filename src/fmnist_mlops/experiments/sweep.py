@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_mlops.tracking import nesting
-from fmnist_mlops.tracking.runs import take_over
 from fmnist_mlops.tracking.tags import run_tags
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
         )
     if status not in ("RUNNING", "KILLED"):
         return None
-    take_over(client, parent, "sweep")
+    nesting.take_over(client, parent, "sweep")
     children = client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
     )

@@ -35,7 +35,7 @@ from fmnist_mlops.runtime.paths import sqlite_dir, store_root
 from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext, open_stage
 from fmnist_mlops.tracking.databases import first_line, hide_password, sqlalchemy_url
-from fmnist_mlops.tracking.runs import run_exists, take_over
+from fmnist_mlops.tracking.runs import run_exists
 from fmnist_mlops.tracking.tags import run_tags
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _get_or_create_parent(
     if parent and run_exists(parent):
         run = client.get_run(parent)
         if run.info.status != "RUNNING" or not owner.is_alive(run.data.tags):
-            take_over(client, parent, "tune")
+            nesting.take_over(client, parent, "tune")
         return parent
     run = client.create_run(
         experiment_id,

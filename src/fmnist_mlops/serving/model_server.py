@@ -4,8 +4,8 @@
 time) in ``.serve/`` of this checkout; ``make serve-stop`` stops only that recorded server,
 never another program that happens to listen on the port.
 
-:func:`running` is the one start-wait-stop loop for every server the project starts for a
-while (tests, the UI check, the serving benchmark).
+A server started for a while (tests, the UI check, the serving benchmark) runs through
+:func:`fmnist_mlops.runtime.processes.running` instead.
 """
 
 from __future__ import annotations
@@ -14,56 +14,15 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 
 from fmnist_mlops.runtime import owner
 from fmnist_mlops.runtime.files import write_json
 from fmnist_mlops.runtime.paths import serve_record
-
-
-@contextlib.contextmanager
-def running(
-    cmd: list[str], env: dict[str, str], ready_url: str, log_path: Path, timeout: float = 120.0
-) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` in its own process group until the block ends; wait for ``ready_url``.
-
-    Raises:
-        RuntimeError: if the process exits or ``ready_url`` does not answer 200 within
-            ``timeout`` seconds (with the tail of its log).
-    """
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(ready_url, timeout=2).status == 200:
-                        break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{' '.join(cmd[:3])} did not start:\n{Path(log_path).read_text()[-3000:]}"
-                    )
-                time.sleep(0.5)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 def listeners(port: int, host: str = "127.0.0.1") -> list[psutil.Process]:

@@ -1,7 +1,7 @@
-"""Runs already in the store: orphans, a parent taken over, a lookup, a finished training.
+"""Runs already in the store: orphans marked KILLED, a lookup, a finished training's record.
 
-Orphans (RUNNING, their owner gone) are marked KILLED; an interrupted parent run is taken over
-by the command that continues it; a finished training's record is checked against the split.
+Orphans are RUNNING runs whose owner process is gone; a finished training's record is checked
+against the split a stage is about to use.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from fmnist_mlops.runtime import owner
 from fmnist_mlops.tracking.databases import (
     hide_password,
 )
-from fmnist_mlops.tracking.tags import run_tags
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,6 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
         )
         marked.append(run.info.run_id)
     return marked
-
-
-def take_over(client: Any, run_id: str, stage: str) -> None:
-    """Make this process the owner of an interrupted parent run and mark it RUNNING again.
-
-    The owner first, then RUNNING: the orphan sweep of a job or trial starting meanwhile must
-    never see the run RUNNING with its old, dead owner (and mark it KILLED).
-    """
-    for name, value in run_tags(stage).items():
-        client.set_tag(run_id, name, value)
-    if "failure" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "failure")
-    client.update_run(run_id, status="RUNNING")
 
 
 def run_exists(run_id: str) -> bool:

@@ -10,7 +10,6 @@ import logging
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from fmnist_mlops.config.schema import PRECISIONS
@@ -28,16 +27,6 @@ TF_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
 # float32): AVX-512 BF16 (x86 `avx512_bf16`) or AMX (`amx_bf16`); Arm's BF16 extension is
 # `bf16` in /proc/cpuinfo and `FEAT_BF16` in macOS's sysctl.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "feat_bf16"})
-
-
-def installed_tensorflow() -> tuple[str, str]:
-    """Return ``(distribution, version)`` of the installed TensorFlow, without importing it."""
-    for name in TF_DISTRIBUTIONS:
-        try:
-            return name, metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    raise RuntimeError("TensorFlow is not installed: `make install` (or pip install '.[cpu]')")
 
 
 def model_requirements(pins: dict[str, str]) -> list[str]:
