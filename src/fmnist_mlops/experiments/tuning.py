@@ -27,63 +27,31 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config.compose import compose
-from fmnist_mlops.config.schema import RegistryCfg, TuneCfg
+from fmnist_mlops.config.schema import TuneCfg
+from fmnist_mlops.experiments.study import (
+    FINISHED_STATES,
+    INTERRUPTED_ATTR,
+    PARENT_ATTR,
+    finished_numbers,
+    open_study,
+    requeue_interrupted,
+    sample,
+    storage_url,
+)
 from fmnist_mlops.registry.rule import registry_lock
 from fmnist_mlops.runtime import owner
-from fmnist_mlops.runtime.errors import ConfigError, Interrupted, ProjectError
-from fmnist_mlops.runtime.paths import sqlite_dir, store_root
+from fmnist_mlops.runtime.errors import Interrupted, ProjectError
 from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext, open_stage
-from fmnist_mlops.tracking.databases import first_line, hide_password, sqlalchemy_url
+from fmnist_mlops.tracking.databases import hide_password
 from fmnist_mlops.tracking.runs import run_exists
 from fmnist_mlops.tracking.tags import run_tags
 
 log = logging.getLogger(__name__)
 
-PARENT_ATTR = "mlflow_parent_run_id"
-# A trial a signal interrupted (its backup resumes it); the study's list of those queued again.
-INTERRUPTED_ATTR = "interrupted"
-REQUEUED_ATTR = "requeued_trials"
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
 
 class TuningFailed(ProjectError):
     """No trial of the study completed."""
-
-
-def storage_url(tune_cfg: TuneCfg, tracking_uri: str) -> str:
-    """``tune.storage``, or ``sqlite:///<folder of mlflow.db>/optuna.db``."""
-    if tune_cfg.storage:
-        return sqlalchemy_url(str(tune_cfg.storage))
-    folder = sqlite_dir(tracking_uri) or store_root()
-    return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def _override_value(value: Any) -> str:
-    """A sampled value as Hydra override text (lists compactly, as on a command line)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value).replace(" ", "")
-
-
-def sample(trial: optuna.Trial, space: Any) -> list[str]:
-    """Draw one point of ``tune.space``; return it as Hydra overrides, in the space's order."""
-    overrides = []
-    for key, spec in space.items():
-        if spec["type"] == "categorical":
-            # Optuna stores str/int/float/bool; lists (e.g. filters) travel as override text.
-            choices = [
-                c if isinstance(c, bool | int | float | str) else _override_value(c)
-                for c in spec["choices"]
-            ]
-            value = trial.suggest_categorical(key, choices)
-        elif spec["type"] == "float":
-            log = bool(spec.get("log"))
-            value = trial.suggest_float(key, spec["low"], spec["high"], log=log)
-        else:
-            value = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
-        overrides.append(f"{key}={_override_value(value)}")
-    return overrides
 
 
 class OptunaPruning(keras.callbacks.Callback):
@@ -105,44 +73,6 @@ class OptunaPruning(keras.callbacks.Callback):
         if self.trial.should_prune():
             self.pruned_at = epoch
             self.model.stop_training = True
-
-
-def _open_study(tune_cfg: TuneCfg, reg: RegistryCfg, url: str) -> optuna.Study:
-    direction = "maximize" if reg.mode == "max" else "minimize"
-    pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=tune_cfg.pruner.n_startup_trials,
-        n_warmup_steps=tune_cfg.pruner.n_warmup_steps,
-    )
-    sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed)
-    attempts = 0
-    while True:
-        try:
-            study = optuna.create_study(
-                study_name=tune_cfg.study_name,
-                storage=url,
-                direction=direction,
-                sampler=sampler,
-                pruner=pruner,
-                load_if_exists=True,
-            )
-        except Exception as exc:  # SQLAlchemy errors: bad URL, unreachable server, a race
-            attempts += 1
-            # Another program (a dashboard, a foreign tuner) may be creating the tables right
-            # now: an IntegrityError, worth another try. Anything else is the URL's fault.
-            if "IntegrityError" in repr(exc) and attempts < 3:
-                time.sleep(1.0)
-                continue
-            raise ConfigError(
-                f"tune.storage={hide_password(url)!r} is not usable "
-                f"({type(exc).__name__}: "
-                f"{first_line(exc)}): expected an RDB "
-                "URL such as sqlite:///path/optuna.db or postgresql://host/db"
-            ) from None
-        # The sampler's state is not stored with the study: reseeded alike, a resumed study
-        # would replay its first suggestions. Its seed moves on with the trials already made.
-        if study.trials:
-            study.sampler = optuna.samplers.TPESampler(seed=tune_cfg.seed + len(study.trials))
-        return study
 
 
 def _get_or_create_parent(
@@ -244,7 +174,7 @@ def tune(
     # database). New Optuna tables and a new SQLite MLflow store would collide otherwise.
     lock_url = url if url.startswith("postgresql") else None
     with registry_lock(f"optuna-study-{tune_cfg.study_name}", lock_url, "tune.storage"):
-        study = _open_study(tune_cfg, reg, url)
+        study = open_study(tune_cfg, reg, url)
         parent = _get_or_create_parent(study, reg.metric, tune_cfg, url, ctx.track())
         requeue_interrupted(study)
     client = MlflowClient()
@@ -318,37 +248,10 @@ def _run_trial(
     except Interrupted:
         # Wherever the signal lands after ``ask`` (sampling, composing, training, logging), the
         # trial must not stay RUNNING in the study; if it was already told, leave it as it is.
-        if trial.number not in _finished_numbers(study):
+        if trial.number not in finished_numbers(study):
             trial.set_user_attr(INTERRUPTED_ATTR, True)
         study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         raise
-
-
-def _finished_numbers(study: optuna.Study) -> set[int]:
-    return {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-
-
-def requeue_interrupted(study: optuna.Study) -> list[int]:
-    """Queue every interrupted trial's parameters again, once: the next trials run them.
-
-    Its configuration is the same, so its training resumes from the backup the interruption
-    left (the same MLflow run, continued), as the interrupted command promised.
-
-    Returns:
-        The numbers of the trials queued again.
-    """
-    done = set(study.user_attrs.get(REQUEUED_ATTR, []))
-    again = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        if t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in done and t.params
-    ]
-    for t in again:
-        study.enqueue_trial(t.params, user_attrs={"resumes_trial": t.number})
-        log.info("tune: trial %d was interrupted: its parameters run again", t.number)
-    if again:
-        study.set_user_attr(REQUEUED_ATTR, sorted(done | {t.number for t in again}))
-    return [t.number for t in again]
 
 
 def _train_trial(

@@ -28,11 +28,11 @@ from fmnist_mlops.runtime.paths import (
 )
 from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext
-from fmnist_mlops.tracking.logged_params import flatten, log_config
+from fmnist_mlops.tracking.logged_params import log_config
 from fmnist_mlops.tracking.runs import mark_orphaned_runs, run_exists, run_record
 from fmnist_mlops.tracking.scratch import out_dir
 from fmnist_mlops.tracking.tags import run_tags
-from fmnist_mlops.train import backup, claims, cluster
+from fmnist_mlops.train import backup, claims, cluster, workers
 from fmnist_mlops.train import callbacks as callbacks_lib
 from fmnist_mlops.train.fitting import fit, weights_sha256
 from fmnist_mlops.train.history import history_plot, logged_metrics, write_history
@@ -63,7 +63,7 @@ def train(
     config = ctx.config
     role = cluster.role(config.train.distribute)
     paths = config.paths
-    _join_cluster(ctx)
+    workers.join_cluster(ctx)
     splits = ctx.splits
     if not role.chief:
         return _peer_training(ctx, role)
@@ -87,7 +87,7 @@ def train(
         run_exists,
     )
     try:
-        _share_backup(config, restored)
+        workers.share_backup(config, restored)
         tags = {**(tags or {}), "distribute.workers": str(role.workers)}
         return _claimed_training(ctx, folder, restored, cfg_hash, tags, callbacks)
     except BaseException:
@@ -160,51 +160,6 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
     return {**record, "out_dir": str(out)}
 
 
-def _join_cluster(ctx: StageContext) -> None:
-    """Multi-worker: wait until every worker is up, before anything that may fail alone.
-
-    From here on, a chief that stops (a refused ``paths.out``, a store it cannot open) ends
-    the others within the collective timeout instead of leaving them waiting to connect.
-    Then the workers compare their settings: started with different ones, every worker stops
-    in one line naming them (exit 2), before the chief opens a run.
-    """
-    if ctx.config.train.distribute != "multi_worker":
-        return
-    import json
-
-    from fmnist_mlops.runtime.errors import ConfigError
-    from fmnist_mlops.train.distribute import gather_text, make_strategy, peers_guarded
-
-    with peers_guarded():  # a peer that stops while the others join is a lost peer too
-        strategy = make_strategy("multi_worker")  # made once per process; fit reuses it
-    text = json.dumps(flatten(backup.training_settings(ctx.cfg)), default=str)
-    mine = json.loads(text)
-    every = [json.loads(t) for t in gather_text(strategy, text)]
-    differ = sorted(
-        {k for theirs in every for k in {*mine, *theirs} if theirs.get(k) != mine.get(k)}
-    )
-    if differ:
-        shown = "; ".join(
-            f"{k}: " + " / ".join(f"worker {i} {w.get(k, '(unset)')}" for i, w in enumerate(every))
-            for k in differ[:5]
-        )
-        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
-        raise ConfigError(
-            f"the {len(every)} workers were started with different settings: {shown}{more}: "
-            "start every worker with the same overrides (only TF_CONFIG differs)"
-        )
-
-
-def _share_backup(config: Config, restored: backup.ResumeState | None) -> str | None:
-    """Multi-worker: tell every worker which backup the chief resumes (None: a new run)."""
-    if config.train.distribute != "multi_worker":
-        return None
-    from fmnist_mlops.train.distribute import broadcast_text, make_strategy
-
-    strategy = make_strategy("multi_worker")
-    return broadcast_text(strategy, str(restored.folder) if restored is not None else None)
-
-
 def _peer_training(ctx: StageContext, role: cluster.Role) -> dict[str, Any]:
     """A non-chief worker: the same fit, in step with the chief, writing nothing shared.
 
@@ -216,7 +171,7 @@ def _peer_training(ctx: StageContext, role: cluster.Role) -> dict[str, Any]:
         "train: worker %d of %d (not the chief): nothing shared written", role.index, role.workers
     )
     config, splits = ctx.config, ctx.splits
-    folder = _share_backup(config, None)
+    folder = workers.share_backup(config, None)
     restored = None
     if folder is not None:
         cfg_hash = backup.config_hash(ctx.cfg, splits.meta)
