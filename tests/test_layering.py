@@ -263,3 +263,19 @@ def test_every_name_imported_from_the_package_is_defined_there(project_root):
             if not any(node.module.startswith(m) for m in defined):
                 missing.append(f"{path.relative_to(project_root)}: {node.module}")
     assert missing == []
+
+
+def test_every_module_is_short_and_says_what_it_holds(project_root):
+    """At most 300 lines a module, each opening with a docstring: a reader finds a concept by
+    its module's name and first line, not by scrolling."""
+    import ast
+
+    long, silent = [], []
+    for path in sorted((project_root / "src" / "fmnist_mlops").rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(project_root))
+        if len(text.splitlines()) > 300:
+            long.append(f"{name} {len(text.splitlines())}")
+        if not ast.get_docstring(ast.parse(text)):
+            silent.append(name)
+    assert long == [] and silent == []
