@@ -64,10 +64,10 @@ test-deps: data ## Make sure nginx, PostgreSQL, Chromium and curl (used by tests
 	fi
 
 params: $(STAMP) ## Compose params.yaml from conf/ (what every DVC stage runs with)
-	$(BIN)/python -m fmnist_mlops.config.params
+	$(BIN)/python src/params.py
 
 check-params: $(STAMP) ## Fail if params.yaml is not what conf/ composes
-	$(BIN)/python -m fmnist_mlops.config.params --check
+	$(BIN)/python src/params.py --check
 
 repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+ promotion)
 	source $(BIN)/activate && dvc repro
@@ -99,7 +99,7 @@ bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~2
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
 
 train-workers: $(STAMP) data ## One training over N local worker processes (N=2 ARGS="+experiment=smoke"); worker 0 tracks it
-	$(BIN)/python -m fmnist_mlops.train.launch -n $(N) -- $(ARGS)
+	$(BIN)/python src/train_workers.py -n $(N) -- $(ARGS)
 
 tune: $(STAMP) data ## Optuna study (resumes; ARGS="tune.n_trials=20 tune.timeout_s=1800"), best trial -> promotion rule
 	$(BIN)/python src/tune.py $(ARGS)
@@ -111,23 +111,23 @@ screenshots: $(STAMP) test-deps ## Check the champion in the MLflow UI (headless
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tools/ui_check.py
 
 server: $(STAMP) ## Shared tracking server on 127.0.0.1:5000 (MLFLOW_BACKEND_STORE_URI=postgresql://..., else SQLite)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.tracking.server --port $${SERVER_PORT:-5000}
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python src/server.py --port $${SERVER_PORT:-5000}
 
 serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@<registry.alias> on 127.0.0.1:PORT (default 5001)
 	@echo "mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		$(BIN)/python -m fmnist_mlops.serving.model_server start --port $(PORT) -- \
+		$(BIN)/python src/serve.py start --port $(PORT) -- \
 		$(BIN)/mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (nothing else)
-	@$(BIN)/python -m fmnist_mlops.serving.model_server stop --port $(PORT)
+	@$(BIN)/python src/serve.py stop --port $(PORT)
 
 rollback: $(STAMP) ## Move @champion back to the previous champion
 	$(BIN)/python src/rollback.py
 
 clean-runs: $(STAMP) ## Collect deleted MLflow runs, stale backups, old DVC experiments and cache (keeps @champion)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m fmnist_mlops.experiments.housekeeping
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python src/clean_runs.py
 
 clean: $(STAMP) ## Remove this checkout's scratch folders of finished ad-hoc runs (live runs' stay; MLflow and DVC outputs are kept)
 	rm -rf outputs multirun
-	$(BIN)/python -m fmnist_mlops.tracking.scratch
+	$(BIN)/python src/clean.py

@@ -26,7 +26,7 @@ def queue_wall(jobs: int, experiments: int, epochs: int, tmp: Path) -> float:
     """Seconds for ``experiments`` queued smoke experiments on ``jobs`` workers."""
     project = tmp / f"clone-j{jobs}"
     _sh(tmp, "git", "clone", "-q", str(ROOT), str(project))
-    _sh(project, sys.executable, "-m", "fmnist_mlops.config.params", "+experiment=smoke")
+    _sh(project, sys.executable, "src/params.py", "+experiment=smoke")
     _sh(project, "git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", "commit", "-qam", "s")
     _sh(project, str(BIN / "dvc"), "repro")
     for i in range(experiments):

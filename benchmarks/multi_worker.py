@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     commands = {
         "1 process": [sys.executable, "src/train.py"],
-        "2 workers": [sys.executable, "-m", "fmnist_mlops.train.launch", "-n", "2", "--"],
+        "2 workers": [sys.executable, str(ROOT / "src" / "train_workers.py"), "-n", "2", "--"],
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     with tempfile.TemporaryDirectory(prefix="fmnist-mw-") as tmp:

@@ -21,8 +21,8 @@ GOAL_S = 2.0
 
 
 def hydra_scripts() -> list[Path]:
-    """Every entry point in src/ that is a ``@hydra.main``."""
-    return sorted(p for p in (ROOT / "src").glob("*.py") if "@hydra.main" in p.read_text())
+    """Every Hydra entry point in src/ (made with ``stage_app``)."""
+    return sorted(p for p in (ROOT / "src").glob("*.py") if "stage_app(" in p.read_text())
 
 
 def wall(cmd: list[str], expect: int = 0) -> float:

@@ -57,7 +57,7 @@ def test_committed_params_yaml_is_what_conf_composes():
 def test_check_mode_detects_stale_params(tmp_path):
     stale = tmp_path / "params.yaml"
     stale.write_text(params_yaml(config_dir=ROOT / "conf").replace("patience: 2", "patience: 7"))
-    cmd = [sys.executable, "-m", "fmnist_mlops.config.params", "--check", "--output", str(stale)]
+    cmd = [sys.executable, str(ROOT / "src" / "params.py"), "--check", "--output", str(stale)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env())
     assert result.returncode == 1 and "stale" in result.stdout
     subprocess.run(cmd[:3] + ["--output", str(stale)], cwd=ROOT, check=True, env=venv_env())

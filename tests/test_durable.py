@@ -9,7 +9,7 @@ import sys
 
 import optuna
 import pytest
-from helpers import train
+from helpers import ROOT, train
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
@@ -240,7 +240,7 @@ def test_clean_removes_only_scratch_folders_whose_owner_is_gone(tmp_path, subpro
         (root / "unowned-old").mkdir()
         os.utime(root / "unowned-old", (time.time() - 3600, time.time() - 3600))
         proc = subprocess.run(
-            [sys.executable, "-m", "fmnist_mlops.tracking.scratch", "--root", str(root)],
+            [sys.executable, str(ROOT / "src" / "clean.py"), "--root", str(root)],
             env=subprocess_env,
             capture_output=True,
             text=True,

@@ -271,17 +271,12 @@ def test_an_unusable_output_folder_is_refused_before_any_run(
     assert not (tmp_path / "store").exists()
 
 
-# Every `python -m fmnist_mlops.<module>` command shares the stages' failure path (cli.fail).
+# Every argparse command in src/ shares the stages' failure path (cli.fail).
 MODULE_COMMANDS = {
-    "clean-runs": [
-        "-m",
-        "fmnist_mlops.experiments.housekeeping",
-        "--no-dvc",
-        "--tracking-uri=foo://x",
-    ],
-    "server": ["-m", "fmnist_mlops.tracking.server", "--backend-store-uri=foo://x"],
-    "params": ["-m", "fmnist_mlops.config.params", "--output={tmp}/p.yaml", "train.lr=-1"],
-    "clean": ["-m", "fmnist_mlops.tracking.scratch", "--root={tmp}/a-file"],
+    "clean-runs": ["src/clean_runs.py", "--no-dvc", "--tracking-uri=foo://x"],
+    "server": ["src/server.py", "--backend-store-uri=foo://x"],
+    "params": ["src/params.py", "--output={tmp}/p.yaml", "train.lr=-1"],
+    "clean": ["src/clean.py", "--root={tmp}/a-file"],
     "predict": ["src/predict.py", "--top-k=99", "--test-samples=1"],
 }
 

@@ -13,11 +13,8 @@ HEAVY = ("tensorflow", "keras", "matplotlib")
 # (how the command is started, its arguments) - each ends with a one-line error or a result.
 LIGHT = {
     "make rollback": ("src/rollback.py", ["mlflow.tracking_uri=sqlite:///{tmp}/m.db"]),
-    "make clean-runs": (
-        "-m fmnist_mlops.experiments.housekeeping",
-        ["--no-dvc", "--tracking-uri=sqlite:///{tmp}/m.db"],
-    ),
-    "make clean": ("-m fmnist_mlops.tracking.scratch", ["--root={tmp}/scratch"]),
+    "make clean-runs": ("src/clean_runs.py", ["--no-dvc", "--tracking-uri=sqlite:///{tmp}/m.db"]),
+    "make clean": ("src/clean.py", ["--root={tmp}/scratch"]),
     # Bad input is refused before a stage imports anything heavy (one second, not eight).
     "train refusing train.epochs=0": ("src/train.py", ["train.epochs=0"]),
     "evaluate refusing registry.mode=up": ("src/evaluate.py", ["registry.mode=up"]),

@@ -8,13 +8,14 @@ import sys
 import time
 
 import pytest
+from helpers import ROOT
 
 from fmnist_mlops.serving.model_server import port_in_use
 
 
 def model_server(cwd, env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.serving.model_server", *args],
+        [sys.executable, str(ROOT / "src" / "serve.py"), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -63,8 +64,7 @@ def test_serve_records_its_server_and_serve_stop_stops_exactly_that(
     port = free_tcp_port
     cmd = [
         sys.executable,
-        "-m",
-        "fmnist_mlops.serving.model_server",
+        str(ROOT / "src" / "serve.py"),
         "start",
         "--port",
         str(port),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import ROOT
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.runtime.errors import ConfigError
@@ -96,7 +97,14 @@ def test_multi_worker_without_tf_config_is_one_line_and_exit_2(
 
 def test_the_launcher_refuses_fewer_than_two_workers(project_root, subprocess_env):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.train.launch", "-n", "1", "--", "+experiment=smoke"],
+        [
+            sys.executable,
+            str(ROOT / "src" / "train_workers.py"),
+            "-n",
+            "1",
+            "--",
+            "+experiment=smoke",
+        ],
         cwd=project_root,
         env=subprocess_env,
         capture_output=True,
@@ -204,7 +212,7 @@ def test_a_killed_worker_ends_every_process_and_the_same_command_resumes(
 ):
     epochs = 5
     extra = (f"train.epochs={epochs}", f"train.patience={epochs}", "train.batch_size=8")
-    cmd = [sys.executable, "-m", "fmnist_mlops.train.launch", "-n", "2", "--"]
+    cmd = [sys.executable, str(ROOT / "src" / "train_workers.py"), "-n", "2", "--"]
     cmd += smoke_args(tmp_path, smoke_prepared, *extra)
 
     def launch(name: str) -> subprocess.Popen:
@@ -297,7 +305,7 @@ def test_make_train_workers_runs_the_launcher_with_n_and_args(project_root, subp
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    wanted = "python -m fmnist_mlops.train.launch -n 3 -- +experiment=smoke seed=4"
+    wanted = "python src/train_workers.py -n 3 -- +experiment=smoke seed=4"
     assert any(line.endswith(wanted) for line in result.stdout.splitlines()), result.stdout
 
 

@@ -88,8 +88,7 @@ def team(s3, tmp_path_factory):
     server = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable,
-        "-m",
-        "fmnist_mlops.tracking.server",
+        str(ROOT / "src" / "server.py"),
         "--backend-store-uri",
         f"sqlite:///{home / 'server.db'}",
         "--artifacts-destination",
@@ -100,9 +99,7 @@ def team(s3, tmp_path_factory):
     with http_process(cmd, s3_env(endpoint), f"{server}/health", home / "server.log"):
         project = copy_project(home / "project")
         env = s3_env(endpoint, MLFLOW_TRACKING_URI=server)
-        logs = run(
-            [sys.executable, "-m", "fmnist_mlops.config.params", "+experiment=smoke"], project, env
-        )
+        logs = run([sys.executable, "src/params.py", "+experiment=smoke"], project, env)
         logs += run(["git", "commit", "-qam", "smoke params"], project, env)
         logs += run([str(BIN / "dvc"), "repro"], project, env)
         yield {
@@ -211,7 +208,7 @@ def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_
     endpoint, _ = s3
 
     def server(destination: str, s3_endpoint: str) -> tuple[subprocess.CompletedProcess, float]:
-        cmd = [sys.executable, "-m", "fmnist_mlops.tracking.server"]
+        cmd = [sys.executable, str(ROOT / "src" / "server.py")]
         cmd += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
         cmd += ["--artifacts-destination", destination, "--port", str(free_port())]
         started = time.monotonic()
@@ -253,7 +250,7 @@ def test_a_training_whose_artifact_store_broke_fails_in_seconds_before_any_run(
     client.create_bucket(Bucket=bucket)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "fmnist_mlops.tracking.server", "--port", str(port)]
+    cmd = [sys.executable, str(ROOT / "src" / "server.py"), "--port", str(port)]
     cmd += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
     cmd += ["--artifacts-destination", f"s3://{bucket}/mlflow"]
     with http_process(cmd, s3_env(endpoint), f"{url}/health", tmp_path / "server.log"):

@@ -289,7 +289,7 @@ def test_make_install_on_python_runs_the_smoke_pipeline(
     bin_dir = project / ".venv" / "bin"
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     _run(
-        [str(bin_dir / "python"), "-m", "fmnist_mlops.config.params", "+experiment=smoke"],
+        [str(bin_dir / "python"), "src/params.py", "+experiment=smoke"],
         project,
         env,
     )
@@ -324,7 +324,7 @@ def test_prepare_downloads_from_base_url_without_the_system_folder_or_keras_cach
             f"data.system_dir={tmp_path / 'no-such-folder'}",
             f"data.base_url=http://127.0.0.1:{server.server_port}/",
         ]
-        _run([sys.executable, "-m", "fmnist_mlops.config.params", *overrides], project, env)
+        _run([sys.executable, "src/params.py", *overrides], project, env)
         _run(["git", "commit", "-qam", "no system data"], project, env)
         _run([str(Path(sys.executable).parent / "dvc"), "repro", "prepare"], project, env)
     finally:

@@ -52,7 +52,7 @@ def reproduced_project(build_once) -> Path:
 
     def build(folder: Path) -> None:
         project = copy_project(folder)
-        sh(project, sys.executable, "-m", "fmnist_mlops.config.params", "+experiment=smoke")
+        sh(project, sys.executable, "src/params.py", "+experiment=smoke")
         sh(project, "git", "commit", "-qam", "smoke params")
         dvc(project, "repro")
 
@@ -434,13 +434,13 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     assert {"winner", "loser"} <= set(listed), listed
     # A queued experiment: DVC is left alone while it waits (nothing removed, still queued).
     dvc(project, "exp", "run", "--queue", "-n", "waiting", "-S", "seed=77")
-    sh(project, sys.executable, "-m", "fmnist_mlops.experiments.housekeeping")
+    sh(project, sys.executable, "src/clean_runs.py")
     assert sorted(
         dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     ) == sorted(listed)
     assert "Queued" in dvc(project, "queue", "status").stdout
     dvc(project, "queue", "remove", "waiting")
-    sh(project, sys.executable, "-m", "fmnist_mlops.experiments.housekeeping")
+    sh(project, sys.executable, "src/clean_runs.py")
     left = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     assert set(left) == origins, "only the champions' experiments survive (rollback targets)"
     for run_id in registered:  # every registered version keeps its run
@@ -466,8 +466,7 @@ def test_interrupted_dvc_repro_kills_the_run_and_dvc_repro_resumes_it(smoke_proj
     sh(
         project,
         sys.executable,
-        "-m",
-        "fmnist_mlops.config.params",
+        "src/params.py",
         "+experiment=smoke",
         *TINY_MODEL,  # the network does not matter here: the interruption does
         "train.epochs=20",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from helpers import copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import ROOT, copy_project, free_port, http_process, require_real_data, venv_env
 
 from fmnist_mlops.tracking.server import backend_store_uri, server_command
 
@@ -30,7 +30,7 @@ def api(url: str, endpoint: str, body: dict | None = None, **query: str) -> dict
 
 def run_server(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_mlops.tracking.server", *args],
+        [sys.executable, str(ROOT / "src" / "server.py"), *args],
         capture_output=True,
         text=True,
         env=venv_env(),
@@ -68,7 +68,7 @@ def test_unreachable_postgres_is_one_line_before_mlflow_starts():
 
 @pytest.fixture(scope="session")
 def tracking_server(postgres, tmp_path_factory):
-    """``python -m fmnist_mlops.tracking.server`` (``make server``) on a fresh database."""
+    """``python src/server.py`` (``make server``) on a fresh database."""
     admin = sqlalchemy.create_engine(backend_store_uri(postgres), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text("CREATE DATABASE mlflow_team"))
@@ -77,8 +77,7 @@ def tracking_server(postgres, tmp_path_factory):
     port = free_port()
     cmd = [
         sys.executable,
-        "-m",
-        "fmnist_mlops.tracking.server",
+        str(ROOT / "src" / "server.py"),
         "--backend-store-uri",
         db,
         "--artifacts-destination",
@@ -98,7 +97,7 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path):
     project = copy_project(tmp_path / "project")
     env = venv_env(MLFLOW_TRACKING_URI=url)
     for cmd in (
-        [sys.executable, "-m", "fmnist_mlops.config.params", "+experiment=smoke"],
+        [sys.executable, "src/params.py", "+experiment=smoke"],
         ["git", "commit", "-qam", "smoke params"],
         [str(BIN / "dvc"), "repro"],
     ):

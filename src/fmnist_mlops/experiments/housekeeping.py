@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
@@ -172,32 +170,23 @@ def _dvc_clean(dvc: Path, keep: set[str]) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line for ``make clean-runs``."""
-    from fmnist_mlops.runtime.cli import setup_logging
-    from fmnist_mlops.tracking.store import check_uri, tracking_uri
+def clean_project(
+    tracking_uri: str | None, model_name: str | None, alias: str | None, dvc: bool = True
+) -> dict[str, Any]:
+    """``make clean-runs`` for the project's store (or ``tracking_uri``): see :func:`clean_runs`.
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--model-name", default=None, help="default: registry.model_name of conf/")
-    parser.add_argument("--alias", default=None, help="default: registry.alias of conf/")
-    parser.add_argument("--no-dvc", action="store_true", help="leave DVC experiments and cache")
-    args = parser.parse_args(argv)
+    The model name and alias default to ``registry.*`` of ``conf/``.
+    """
+    from fmnist_mlops.runtime.cli import setup_logging
+    from fmnist_mlops.tracking.store import check_uri
+    from fmnist_mlops.tracking.store import tracking_uri as default_uri
+
     setup_logging()
-    if args.model_name is None or args.alias is None:
+    if model_name is None or alias is None:
         from fmnist_mlops.config.compose import compose
 
         registry = compose().registry
-        args.model_name = args.model_name or registry.model_name
-        args.alias = args.alias or registry.alias
-    uri = args.tracking_uri or tracking_uri(None)
-    check_uri("--tracking-uri" if args.tracking_uri else "the project's tracking store", uri)
-    result = clean_runs(uri, args.model_name, args.alias, backups_root(uri), dvc=not args.no_dvc)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    from fmnist_mlops.runtime.cli import command
-
-    command("clean-runs", main)
+        model_name, alias = model_name or registry.model_name, alias or registry.alias
+    uri = tracking_uri or default_uri(None)
+    check_uri("--tracking-uri" if tracking_uri else "the project's tracking store", uri)
+    return clean_runs(uri, model_name, alias, backups_root(uri), dvc=dvc)

@@ -195,7 +195,7 @@ def fail(stage: str, exc: BaseException) -> int:
 
 
 def command(stage: str, main: Callable[[], int | None]) -> None:
-    """Run a plain command-line ``main`` (``python -m fmnist_mlops.<module>``, predict.py).
+    """Run a plain command-line ``main`` (``src/params.py``, ``src/predict.py``, ...).
 
     The same failure path as the Hydra stages (:func:`fail`); SIGTERM and SIGINT end it as
     an interruption. Exits with ``main``'s return value.

@@ -10,12 +10,10 @@ A server started for a while (tests, the UI check, the serving benchmark) runs t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import socket
-import sys
 import time
 
 import psutil
@@ -127,33 +125,3 @@ def start(port: int, cmd: list[str]) -> None:
     path = serve_record(port)
     write_json(path, {"owner": owner.current(), "port": port, "cmd": cmd})
     os.execvp(cmd[0], cmd)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fmnist_mlops.serving.model_server {start,stop} --port 5001 [-- command ...]``."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--port", type=int, default=5001)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:cut])
-    cmd = argv[cut + 1 :]
-    if args.action == "start":
-        if not cmd:
-            parser.error("start needs the server command after --")
-        start(args.port, cmd)
-    if stop(args.port):
-        print(f"stopped the model server on port {args.port}")
-    elif port_in_use(args.port):
-        print(
-            f"port {args.port} is held by {holder(args.port)}, not a model server this checkout "
-            "started: left alone",
-            file=sys.stderr,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    from fmnist_mlops.runtime.cli import command
-
-    command("serve", main)

@@ -3,7 +3,7 @@
 Ad-hoc runs (``paths.out: null``) and run-id evaluations write their files into a fresh folder
 under ``paths.scratch`` (default ``<repository>/scratch``). Nothing later reads them: runs,
 models, metrics and configs are in MLflow, so they are a cache. Each folder records its owner
-process, and ``make clean`` (``python -m fmnist_mlops.tracking.scratch``) removes every folder whose
+process, and ``make clean`` (``src/clean.py``) removes every folder whose
 owner is gone, leaving live runs' folders alone.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,26 +81,16 @@ def clean(root: Path) -> tuple[list[Path], list[Path]]:
     return removed, kept
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``make clean``: remove this checkout's dead scratch folders (``paths.scratch``)."""
-    import argparse
+def clean_scratch(root_setting: str | None) -> tuple[Path, list[Path], list[Path]]:
+    """``make clean``: :func:`clean` on ``root_setting`` (default ``paths.scratch`` of ``conf/``).
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--root", help="scratch folder (default: paths.scratch of conf/)")
-    args = parser.parse_args(argv)
-    if args.root is None:
+    Returns:
+        The scratch folder, the folders removed and the live ones kept.
+    """
+    if root_setting is None:
         from fmnist_mlops.config.compose import compose
 
-        args.root = compose().paths.scratch
-    root = scratch_root(args.root)
+        root_setting = compose().paths.scratch
+    root = scratch_root(root_setting)
     removed, kept = clean(root)
-    print(f"clean: removed {len(removed)} scratch folders in {root}", file=sys.stderr)
-    for folder in kept:
-        print(f"clean: kept {folder}: its run is still going", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    from fmnist_mlops.runtime.cli import command
-
-    command("clean", main)
+    return root, removed, kept

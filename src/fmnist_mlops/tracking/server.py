@@ -9,7 +9,6 @@ so clients need nothing but ``MLFLOW_TRACKING_URI=http://host:port``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -94,39 +93,33 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Check the backend, then replace this process by ``mlflow server`` (exit 2 if bad)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fmnist_mlops.tracking.server", description=__doc__
-    )
-    parser.add_argument("--backend-store-uri", default=None)
-    parser.add_argument(
-        "--artifacts-destination",
-        default=os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"),
-        help="where served artifacts live (default: <project>/mlruns)",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    backend = backend_store_uri(args.backend_store_uri)
+def serve(
+    backend_setting: str | None,
+    artifacts_destination: str | None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 1,
+) -> None:
+    """Check the backend and the artifacts destination, then become ``mlflow server``.
+
+    ``make server`` (``src/server.py``): this process is replaced by the server.
+
+    Raises:
+        ConfigError: a backend that is not supported or not reachable, or an artifacts
+            destination that takes no write.
+    """
+    backend = backend_store_uri(backend_setting)
     check_reachable(backend)
-    artifacts = args.artifacts_destination or str(store_root() / "mlruns")
+    artifacts = artifacts_destination or str(store_root() / "mlruns")
     # `mlflow server` starts and answers /health without touching its artifact store.
     try:
         probe(artifacts, "the artifacts destination", timeout=30)
     except ProbeFailed as exc:
         raise ConfigError(str(exc)) from None
-    cmd = server_command(backend, artifacts, host=args.host, port=args.port, workers=args.workers)
+    cmd = server_command(backend, artifacts, host=host, port=port, workers=workers)
     print(
         f"mlflow server: backend {hide_password(backend)}, artifacts {artifacts}, "
-        f"http://{args.host}:{args.port}"
+        f"http://{host}:{port}"
     )
     sys.stdout.flush()
     os.execvpe(cmd[0], cmd, server_env())
-
-
-if __name__ == "__main__":
-    from fmnist_mlops.runtime.cli import command
-
-    command("server", main)

@@ -13,7 +13,6 @@ Workers on several hosts are started by hand instead, each with ``TF_CONFIG`` (s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fmnist_mlops.runtime.cli import command, setup_logging
+from fmnist_mlops.runtime.cli import setup_logging
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.runtime.paths import project_root
 
@@ -149,17 +148,16 @@ def _fits(folder, data_cfg) -> bool:
     return True
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``-n N [--host H] [--] ARGS...``, run the workers, return the exit code."""
-    parser = argparse.ArgumentParser(prog="make train-workers", description=__doc__.split("\n")[0])
-    parser.add_argument("-n", "--workers", type=int, default=2, help="worker processes (>= 2)")
-    parser.add_argument("--host", default="127.0.0.1", help="address the workers listen on")
-    parser.add_argument("args", nargs="*", help="overrides for src/train.py")
-    ns = parser.parse_args(argv)
-    if ns.workers < 2:
-        raise ConfigError(f"N={ns.workers}: a multi-worker training needs N >= 2 workers")
+def launch(workers: int, overrides: list[str], host: str = "127.0.0.1") -> int:
+    """Run one training as ``workers`` local processes; their worst exit code.
+
+    Raises:
+        ConfigError: fewer than two workers.
+    """
+    if workers < 2:
+        raise ConfigError(f"N={workers}: a multi-worker training needs N >= 2 workers")
     setup_logging()
-    procs = start_workers(ns.workers, with_prepared_split(ns.args), ns.host)
+    procs = start_workers(workers, with_prepared_split(overrides), host)
 
     def forward(signum: int, frame: Any) -> None:
         _signal_live(procs, signum)
@@ -167,7 +165,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
     return supervise(procs)
-
-
-if __name__ == "__main__":
-    command("train-workers", main)
