@@ -60,7 +60,7 @@ def test_check_mode_detects_stale_params(tmp_path):
     cmd = [sys.executable, str(ROOT / "src" / "params.py"), "--check", "--output", str(stale)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=venv_env())
     assert result.returncode == 1 and "stale" in result.stdout
-    subprocess.run(cmd[:3] + ["--output", str(stale)], cwd=ROOT, check=True, env=venv_env())
+    subprocess.run(cmd[:2] + ["--output", str(stale)], cwd=ROOT, check=True, env=venv_env())
     assert subprocess.run(cmd, cwd=ROOT, env=venv_env()).returncode == 0
 
 
