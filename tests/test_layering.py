@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,30 @@ def test_every_module_is_short_and_says_what_it_holds(project_root):
         if not ast.get_docstring(ast.parse(text)):
             silent.append(name)
     assert long == [] and silent == []
+
+
+def test_every_command_is_a_script_in_src_and_no_module_is_one(project_root):
+    """One way in: the Makefile, docs and tests start commands as ``python src/<name>.py``;
+    no module of the package has a ``__main__`` block or is started with ``python -m``."""
+    import ast
+
+    package = project_root / "src" / "fmnist_mlops"
+    mains = []
+    for path in package.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                mains.append(str(path.relative_to(project_root)))
+    assert mains == []
+    texts = [project_root / "Makefile", project_root / "README.md"]
+    texts += [*(project_root / "docs").glob("*.md"), *(project_root / "tests").glob("*.py")]
+    texts += [*(project_root / "benchmarks").glob("*.py"), *(project_root / "tools").glob("*.py")]
+    started = [
+        str(p.relative_to(project_root))
+        for p in texts
+        if p.name not in ("refactoring.md", "test_layering.py")
+        and re.search(r"""-m["',\s]+fmnist_mlops|-m fmnist_mlops""", p.read_text())
+    ]
+    assert started == []
+    for path in (project_root / "src").glob("*.py"):
+        text = path.read_text()
+        assert "stage_app(" in text or "command(" in text, f"{path.name} is made another way"
