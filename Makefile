@@ -13,7 +13,8 @@ EXTRAS := $(TF) dev s3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA_DIR := /usr/share/datasets/fashion-mnist
+# The system data folder, as the config group names it (the one place it is written).
+DATA_DIR := $(shell sed -n 's/^system_dir: *//p' conf/data/fashion_mnist.yaml)
 PORT ?= 5001
 UI_PORT ?= 5000
 # Workers of `make train-workers`.

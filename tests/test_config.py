@@ -252,3 +252,25 @@ def test_every_config_variant_composes_and_validates(group, option):
         from fmnist_mlops.model.cnn import build_model
 
         assert build_model(config.model).count_params() > 0
+
+
+def test_the_system_data_folder_is_written_in_one_place():
+    """conf/data/ names it; code, the Makefile and the tests read it from there (generated
+    params.yaml and dvc.lock may repeat it, and the docs describe it to people)."""
+    folder = yaml.safe_load((ROOT / "conf/data/fashion_mnist.yaml").read_text())["system_dir"]
+    listed = subprocess.run(
+        ["git", "ls-files", "*.py", "*.yaml", "*.yml", "*.toml", "Makefile", "*.cfg", "tools/*"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    generated = {"params.yaml", "dvc.lock"}
+    holders = sorted(
+        name
+        for name in listed
+        if name not in generated
+        and (ROOT / name).is_file()
+        and folder in (ROOT / name).read_text(errors="replace")
+    )
+    assert holders == ["conf/data/fashion_mnist.yaml"]

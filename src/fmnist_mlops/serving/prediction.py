@@ -201,13 +201,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _walkthrough(model, n: int) -> None:
     """The tutorial's last step on real test images, with the true class beside the guess."""
-    from omegaconf import OmegaConf
-
+    from fmnist_mlops.config.compose import compose, validate
     from fmnist_mlops.data.idx import load_raw, locate
-    from fmnist_mlops.runtime.paths import project_root
 
-    data_cfg = OmegaConf.load(project_root() / "conf" / "data" / "fashion_mnist.yaml")
-    _, files = locate(data_cfg)
+    _, files = locate(validate(compose()).data)
     arrays, _ = load_raw(files)
     x, y = arrays["test-images"][:n], arrays["test-labels"][:n]
     records = model.predict(x.astype(np.float32), params={"top_k": 0})
