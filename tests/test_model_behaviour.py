@@ -16,21 +16,23 @@ import pytest
 # Trains the default model on the real data (about a minute), once: one test process (xdist).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default-model")]
 
-# Measured on the default champion (seed 42, 13 epochs, test 0.9198) when these tests were
-# written; the tests allow 2 points less. Agreement = same class for an image and its mirror.
+# Measured on the default champion (seed 42, 13 epochs) when these tests were written, on the
+# two CPUs it was trained on: the lower of the two figures (AMD EPYC with AVX-512 BF16, test
+# 0.9198; Intel Xeon with AMX, test 0.9232: bfloat16 follows the CPU's kernels, so the weights
+# differ); the tests allow 2 points less. Agreement = same class for an image and its mirror.
 # Clothes are left-right symmetric; shoes are not in Fashion-MNIST (they all point left), and
 # the default model trains without flips: mirrored ankle boots and sandals mostly change class.
-FLIP_AGREEMENT = 0.7611
+FLIP_AGREEMENT = 0.7573
 FLIP_AGREEMENT_PER_CLASS = {
-    "T-shirt/top": 0.911,
+    "T-shirt/top": 0.898,
     "Trouser": 0.987,
     "Pullover": 0.925,
     "Dress": 0.957,
     "Coat": 0.899,
-    "Sandal": 0.442,
+    "Sandal": 0.436,
     "Shirt": 0.876,
-    "Sneaker": 0.631,
-    "Bag": 0.980,
+    "Sneaker": 0.586,
+    "Bag": 0.973,
     "Ankle boot": 0.003,
 }
 TOLERANCE = 0.02
@@ -124,7 +126,10 @@ def test_mirrored_images_get_the_same_class(champion, splits):
 def readme_example(readme: Path) -> tuple[str, dict]:
     """The README's curl command and the answer it shows."""
     text = readme.read_text()
-    pattern = r"```bash\n(curl -s http://127\.0\.0\.1:5001/invocations.*?)```\n\n```json\n(.*?)```"
+    pattern = (
+        r"```bash\n((?:IMG=[^\n]*\n)?curl -s http://127\.0\.0\.1:5001/invocations.*?)```"
+        r"\n\n```json\n(.*?)```"
+    )
     found = re.search(pattern, text, re.S)
     assert found, "README: the curl example and its JSON answer"
     return found.group(1), json.loads(found.group(2))
