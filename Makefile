@@ -34,9 +34,11 @@ python-check: # (order-only) the Python to install with, used or refused: one li
 	$(if $(filter cpu gpu,$(TF)),,$(error install: TF=$(TF); accepted: cpu, gpu))
 	$(if $(filter pip uv,$(INSTALLER)),,$(error install: INSTALLER=$(INSTALLER); accepted: uv, pip))
 
-# Bytecode is compiled once at install (pip does it by default, uv with --compile-bytecode): where
-# PYTHONDONTWRITEBYTECODE is set, every process otherwise compiled TensorFlow's ~1,800 modules
-# again (import keras: 12 s of CPU, 5 s compiled).
+# Bytecode is compiled once at install (pip does it by default, uv with UV_COMPILE_BYTECODE=1):
+# where PYTHONDONTWRITEBYTECODE is set, every process otherwise compiled TensorFlow's ~1,800
+# modules again (import keras: 12 s of CPU, 5 s compiled). UV_COMPILE_BYTECODE=0 skips it (~60 s
+# of CPU) for a venv that runs a few commands and is thrown away.
+UV_COMPILE_BYTECODE ?= 1
 $(STAMP): pyproject.toml uv.lock | python-check
 	@echo "install: $(INSTALLER) into $(VENV) with $$($(PICKED) -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 	@test -x $(BIN)/python || $(PICKED) -m venv $(VENV)
@@ -45,7 +47,7 @@ ifeq ($(INSTALLER),pip)
 	$(BIN)/uv export -q --frozen --no-hashes --no-emit-project $(addprefix --extra ,$(EXTRAS)) -o $(VENV)/pins.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/pins.txt -e '.[$(subst $(eval ) ,$(comma),$(EXTRAS))]'
 else
-	$(BIN)/uv sync -q --frozen --inexact --compile-bytecode $(addprefix --extra ,$(EXTRAS))
+	UV_COMPILE_BYTECODE=$(UV_COMPILE_BYTECODE) $(BIN)/uv sync -q --frozen --inexact $(addprefix --extra ,$(EXTRAS))
 endif
 	@touch $@
 
