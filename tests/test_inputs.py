@@ -209,11 +209,14 @@ def test_an_image_just_under_the_cap_is_read_in_bounded_memory(tmp_path, subproc
     ImageDraw.Draw(image).rectangle((2000, 2000, 7000, 7000), fill=30)
     image.save(tmp_path / "big.png", compress_level=1)
     del image
+    # The peak of this process's own memory (VmHWM resets at exec): ru_maxrss would also count
+    # the pytest worker it was forked from, over 1.5 GB once that worker has trained a model.
     code = (
-        "import resource, sys; from pathlib import Path\n"
+        "import re, sys; from pathlib import Path\n"
         "from fmnist_mlops.serving.prediction import load_images\n"
         f"x = load_images([Path({str(tmp_path / 'big.png')!r})])\n"
-        "print(x.shape, float(x.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)\n"
+        "print(x.shape, float(x.max()), hwm)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
