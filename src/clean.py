@@ -14,9 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="scratch folder (default: paths.scratch of conf/)")
     args = parser.parse_args(argv)
-    from fmnist_mlops.tracking.scratch import clean_scratch
+    from fmnist_mlops.runtime.paths import scratch_root
+    from fmnist_mlops.tracking.scratch import clean
 
-    root, removed, kept = clean_scratch(args.root)
+    if args.root is None:
+        from fmnist_mlops.config.compose import compose
+
+        args.root = compose().paths.scratch
+    root = scratch_root(args.root)
+    removed, kept = clean(root)
     print(f"clean: removed {len(removed)} scratch folders in {root}", file=sys.stderr)
     for folder in kept:
         print(f"clean: kept {folder}: its run is still going", file=sys.stderr)

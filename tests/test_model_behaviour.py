@@ -98,7 +98,7 @@ def test_the_five_most_typical_test_images_of_every_class_are_classified_correct
     champion, splits
 ):
     """Minimum functionality: per class, the 5 test images nearest its mean training image."""
-    from fmnist_mlops import CLASS_NAMES
+    from fmnist_mlops.config.schema import CLASS_NAMES
 
     x_train = splits.x_train.reshape(len(splits.x_train), -1).astype(np.float64)
     x_test = splits.x_test.reshape(len(splits.x_test), -1).astype(np.float64)
@@ -112,7 +112,7 @@ def test_the_five_most_typical_test_images_of_every_class_are_classified_correct
 
 def test_mirrored_images_get_the_same_class(champion, splits):
     """Invariance: a mirrored image keeps its class as often as it did (clothes do; shoes no)."""
-    from fmnist_mlops import CLASS_NAMES
+    from fmnist_mlops.config.schema import CLASS_NAMES
 
     plain = predicted(champion, splits.x_test)
     mirrored = predicted(champion, splits.x_test[:, :, ::-1])

@@ -18,7 +18,7 @@ import pytest
 from helpers import ROOT, free_port, http_process, load_script, venv_env
 from PIL import Image
 
-from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.data.splits import load_prepared
 from fmnist_mlops.runtime.paths import PREDICTIONS_CSV
 from fmnist_mlops.serving.prediction import to_fashion_mnist

@@ -10,7 +10,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fmnist_mlops import NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES
+# Fashion-MNIST, the one place its facts are written (the config is checked against them, every
+# layer imports them from here). Only the served model's own code (model/pyfunc_model.py,
+# copied into every logged model, which must not import this package) repeats the image shape.
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28)  # grayscale, raw 0-255 pixels
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 STRATEGIES = ("none", "mirrored", "multi_worker")

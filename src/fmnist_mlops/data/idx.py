@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fmnist_mlops import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES
-from fmnist_mlops.config.schema import DataCfg
+from fmnist_mlops.config.schema import IMAGE_SHAPE, NUM_CLASSES, TEST_IMAGES, TRAIN_IMAGES, DataCfg
 from fmnist_mlops.runtime.errors import DataError
 from fmnist_mlops.runtime.paths import resolve
 

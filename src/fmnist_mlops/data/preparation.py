@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_mlops import NUM_CLASSES
 from fmnist_mlops.config.compose import validate
+from fmnist_mlops.config.schema import NUM_CLASSES
 from fmnist_mlops.data.idx import load_raw, locate
 from fmnist_mlops.data.splits import split, split_settings, write_prepared
 from fmnist_mlops.runtime.folders import writable_dir

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import mlflow
 
-from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.data.splits import Splits
 from fmnist_mlops.evaluate.plots import confusion_plot, misclassified_grid
 from fmnist_mlops.evaluate.scoring import Assessment, assess, load_network

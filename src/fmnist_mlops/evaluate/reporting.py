@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.evaluate.plots import (
     confusion_plot,
     feature_maps_plot,

@@ -8,7 +8,7 @@ import keras
 import mlflow
 import numpy as np
 
-from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.data import feed
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from fmnist_mlops import IMAGE_SHAPE, NUM_CLASSES
-from fmnist_mlops.config.schema import ModelCfg, TrainCfg
+from fmnist_mlops.config.schema import IMAGE_SHAPE, NUM_CLASSES, ModelCfg, TrainCfg
 
 
 def build_model(model_cfg: ModelCfg, precision: str = "float32") -> keras.Model:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_mlops import CLASS_NAMES
 from fmnist_mlops.runtime.errors import DataError, ProjectError
 
 
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from fmnist_mlops import TEST_IMAGES
+    from fmnist_mlops.config.schema import CLASS_NAMES, TEST_IMAGES
 
     if not 0 <= args.top_k <= len(CLASS_NAMES):
         raise ProjectError(
@@ -202,6 +201,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _walkthrough(model, n: int) -> None:
     """The tutorial's last step on real test images, with the true class beside the guess."""
     from fmnist_mlops.config.compose import compose, validate
+    from fmnist_mlops.config.schema import CLASS_NAMES
     from fmnist_mlops.data.idx import load_raw, locate
 
     _, files = locate(validate(compose()).data)

@@ -79,18 +79,3 @@ def clean(root: Path) -> tuple[list[Path], list[Path]]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed, kept
-
-
-def clean_scratch(root_setting: str | None) -> tuple[Path, list[Path], list[Path]]:
-    """``make clean``: :func:`clean` on ``root_setting`` (default ``paths.scratch`` of ``conf/``).
-
-    Returns:
-        The scratch folder, the folders removed and the live ones kept.
-    """
-    if root_setting is None:
-        from fmnist_mlops.config.compose import compose
-
-        root_setting = compose().paths.scratch
-    root = scratch_root(root_setting)
-    removed, kept = clean(root)
-    return root, removed, kept

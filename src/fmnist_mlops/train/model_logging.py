@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from fmnist_mlops import CLASS_NAMES
+from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.train import platforms
 
 

@@ -63,7 +63,7 @@ def train(
     config = ctx.config
     role = cluster.role(config.train.distribute)
     paths = config.paths
-    workers.join_cluster(ctx)
+    workers.join_cluster(ctx.config, ctx.cfg)
     splits = ctx.splits
     if not role.chief:
         return _peer_training(ctx, role)

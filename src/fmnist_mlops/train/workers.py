@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import DictConfig
+
 from fmnist_mlops.config.schema import Config
-from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.logged_params import flatten
 from fmnist_mlops.train import backup
 
 log = logging.getLogger(__name__)
 
 
-def join_cluster(ctx: StageContext) -> None:
+def join_cluster(config: Config, cfg: DictConfig) -> None:
     """Multi-worker: wait until every worker is up, before anything that may fail alone.
 
     From here on, a chief that stops (a refused ``paths.out``, a store it cannot open) ends
@@ -24,7 +25,7 @@ def join_cluster(ctx: StageContext) -> None:
     Then the workers compare their settings: started with different ones, every worker stops
     in one line naming them (exit 2), before the chief opens a run.
     """
-    if ctx.config.train.distribute != "multi_worker":
+    if config.train.distribute != "multi_worker":
         return
     import json
 
@@ -33,7 +34,7 @@ def join_cluster(ctx: StageContext) -> None:
 
     with peers_guarded():  # a peer that stops while the others join is a lost peer too
         strategy = make_strategy("multi_worker")  # made once per process; fit reuses it
-    text = json.dumps(flatten(backup.training_settings(ctx.cfg)), default=str)
+    text = json.dumps(flatten(backup.training_settings(cfg)), default=str)
     mine = json.loads(text)
     every = [json.loads(t) for t in gather_text(strategy, text)]
     differ = sorted(
