@@ -8,19 +8,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: figures only go to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fmnist_mlops.runtime.files import atomic  # noqa: E402
+from fmnist_mlops.runtime.files import save_figure
 
 
 def confusion_plot(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """Plot a confusion matrix with counts (rows: true class, columns: predicted)."""
-    fig, ax = plt.subplots(figsize=(8, 7), constrained_layout=True)
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax)
     ticks = np.arange(len(class_names))
@@ -34,10 +31,7 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (test set)")
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def misclassified_grid(
@@ -54,7 +48,8 @@ def misclassified_grid(
     wrong = wrong[np.argsort(-prob[wrong])][:max_images]
     cols = 5
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), constrained_layout=True)
+    fig = Figure(figsize=(cols * 2.2, rows * 2.5), layout="constrained")
+    axes = fig.subplots(rows, cols)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, idx in zip(np.atleast_1d(axes).ravel(), wrong, strict=False):
@@ -65,10 +60,7 @@ def misclassified_grid(
             fontsize=7,
         )
     fig.suptitle(f"Most confident mistakes ({len(wrong)} shown)")
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def filters_plot(kernel: np.ndarray, path: Path) -> Path:
@@ -76,17 +68,15 @@ def filters_plot(kernel: np.ndarray, path: Path) -> Path:
     n = kernel.shape[-1]
     cols = 8
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.2), constrained_layout=True)
+    fig = Figure(figsize=(cols * 1.1, rows * 1.2), layout="constrained")
+    axes = fig.subplots(rows, cols)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for i, ax in zip(range(n), np.atleast_1d(axes).ravel(), strict=False):
         ax.imshow(kernel[:, :, 0, i], cmap="gray")
         ax.set_title(str(i), fontsize=7)
     fig.suptitle(f"First-layer filters ({kernel.shape[0]}x{kernel.shape[1]}, {n} of them)")
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def feature_maps_plot(
@@ -94,9 +84,8 @@ def feature_maps_plot(
 ) -> Path:
     """The input image, then the first ``per_block`` feature maps of each conv block."""
     rows = 1 + len(blocks)
-    fig, axes = plt.subplots(
-        rows, per_block, figsize=(per_block * 1.2, rows * 1.35), constrained_layout=True
-    )
+    fig = Figure(figsize=(per_block * 1.2, rows * 1.35), layout="constrained")
+    axes = fig.subplots(rows, per_block)
     axes = np.atleast_2d(axes)
     for ax in axes.ravel():
         ax.axis("off")
@@ -107,7 +96,4 @@ def feature_maps_plot(
             axes[row, ch].imshow(maps[:, :, ch], cmap="viridis")
             axes[row, ch].set_title(f"{name}[{ch}] {maps.shape[0]}x{maps.shape[1]}", fontsize=6)
     fig.suptitle(title)
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -58,3 +58,14 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib ``Figure`` to ``path`` atomically; the suffix picks the format.
+
+    Figures are made as ``matplotlib.figure.Figure`` objects, never through pyplot: no
+    backend, no screen and no global figure list to close.
+    """
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return path

@@ -11,14 +11,10 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: figures only go to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fmnist_mlops.runtime.files import atomic  # noqa: E402
+from fmnist_mlops.runtime.files import atomic, save_figure
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -47,7 +43,8 @@ def write_history(hist: dict[str, list[float]], path: Path) -> None:
 def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: int | None) -> Path:
     """Plot loss and accuracy, train vs val, per epoch; mark the restored best epoch."""
     epochs = np.arange(len(history["loss"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
         ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"val {metric}")
@@ -58,7 +55,4 @@ def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: in
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Training history")
-    with atomic(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
