@@ -23,7 +23,7 @@ N ?= 2
 MODEL_URI = $(shell $(BIN)/python -c 'from fmnist_mlops.config.compose import champion_uri; print(champion_uri())')
 
 .DEFAULT_GOAL := help
-.PHONY: help python-check install data test-deps params check-params repro test test-fast test-integration lint format bench tune ui report screenshots server serve serve-stop rollback clean-runs clean train-workers
+.PHONY: help python-check install data test-deps params check-params repro test test-fast test-integration lint format bench tune ui report screenshots server serve serve-stop rollback champion-history reproduce clean-runs clean train-workers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -125,8 +125,11 @@ serve: $(STAMP) ## (Re)start serving models:/<registry.model_name>@<registry.ali
 serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (nothing else)
 	@$(BIN)/python src/serve.py stop --port $(PORT)
 
-rollback: $(STAMP) ## Move @champion back to the previous champion
+rollback: $(STAMP) ## Undo @champion's last move (make champion-history shows them)
 	$(BIN)/python src/rollback.py
+
+champion-history: $(STAMP) ## Every move of @champion: when, from, to, by which command, scores, why
+	$(BIN)/python src/champion_history.py
 
 clean-runs: $(STAMP) ## Collect deleted MLflow runs, stale backups, old DVC experiments and cache (keeps @champion)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python src/clean_runs.py

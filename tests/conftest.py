@@ -176,6 +176,9 @@ RUNS = {
     "weak": ("train.epochs=1",),
     "strong": ("train.epochs=2",),  # beats the weak one on this seed
     "other": ("train.epochs=1", "seed=5"),
+    # The champion history's walk: three beats strong, four beats weak (asserted where used).
+    "three": ("train.epochs=3",),
+    "four": ("train.epochs=3", "seed=5"),
 }
 
 

@@ -12,7 +12,16 @@ from fmnist_mlops.config.compose import compose, validate
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.tracking import store
 
-SCRIPTS = ("prepare", "train", "evaluate", "register", "rollback", "report", "tune")
+SCRIPTS = (
+    "prepare",
+    "train",
+    "evaluate",
+    "register",
+    "rollback",
+    "champion_history",
+    "report",
+    "tune",
+)
 
 # (overrides, the start of the one line that refuses them)
 INCONSISTENT = {

@@ -14,6 +14,10 @@ HEAVY = ("tensorflow", "keras", "matplotlib")
 # (how the command is started, its arguments) - each ends with a one-line error or a result.
 LIGHT = {
     "make rollback": ("src/rollback.py", ["mlflow.tracking_uri=sqlite:///{tmp}/m.db"]),
+    "make champion-history": (
+        "src/champion_history.py",
+        ["mlflow.tracking_uri=sqlite:///{tmp}/m.db"],
+    ),
     "make clean-runs": ("src/clean_runs.py", ["--no-dvc", "--tracking-uri=sqlite:///{tmp}/m.db"]),
     "make clean": ("src/clean.py", ["--root={tmp}/scratch"]),
     # Bad input is refused before a stage imports anything heavy (one second, not eight).

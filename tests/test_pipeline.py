@@ -413,6 +413,7 @@ def test_three_queued_experiments_on_two_workers_one_interrupted(smoke_project, 
 
 def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project):
     from fmnist_mlops.experiments.housekeeping import champion_chain
+    from fmnist_mlops.registry import history
 
     project = smoke_project
     # Two experiments: 6 epochs beats the 2-epoch baseline champion (promoted, so a rollback
@@ -432,6 +433,8 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     registered = {v.run_id for v in client.search_model_versions()}
     listed = dvc(project, "exp", "list", "--all-commits", "--name-only").stdout.split()
     assert {"winner", "loser"} <= set(listed), listed
+    moves = history.read(client, "fashion-mnist-cnn", "champion")
+    assert [m.kind for m in moves] == ["promote", "promote"], "the baseline, then the winner"
     # A queued experiment: DVC is left alone while it waits (nothing removed, still queued).
     dvc(project, "exp", "run", "--queue", "-n", "waiting", "-S", "seed=77")
     sh(project, sys.executable, "src/clean_runs.py")
@@ -448,6 +451,7 @@ def test_clean_runs_removes_old_experiments_and_keeps_the_champion(smoke_project
     again = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert again.version == champion.version
     assert client.get_run(again.run_id).info.lifecycle_stage == "active"
+    assert history.read(client, "fashion-mnist-cnn", "champion") == moves, "history kept"
     assert "Running stage" not in dvc(project, "repro").stdout, "workspace data kept"
 
 

@@ -11,6 +11,7 @@ from helpers import race_promotions
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.data.splits import load_prepared
+from fmnist_mlops.registry import history
 from fmnist_mlops.registry.promotion import promote, rollback
 from fmnist_mlops.registry.rule import decide
 from fmnist_mlops.runtime.errors import RegistryError
@@ -75,6 +76,8 @@ def test_promote_compare_rescored_champion_and_rollback(trained_runs, smoke_prep
         "model_name": "fashion-mnist-cnn",
         "from_version": 2,
         "to_version": 1,
+        "move": 3,
+        "undoes": 2,
     }
     assert str(client.get_model_version_by_alias("fashion-mnist-cnn", "champion").version) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
@@ -130,3 +133,102 @@ def test_rollback_to_a_deleted_version_and_a_report_without_its_run_are_one_line
     with pytest.raises(RegistryError, match=f"whose run {run_id} is gone") as err:
         build_report(open_stage(strong), out=tmp_path / "r.html")
     assert "\n" not in str(err.value) and not (tmp_path / "r.html").exists()
+
+
+def _walk(moves):
+    return [(m.n, m.kind, m.from_version, m.to_version, m.undoes) for m in moves]
+
+
+@pytest.mark.integration
+def test_champion_history_keeps_every_move_and_rollbacks_walk_back_through_it(
+    trained_runs, tmp_path
+):
+    import subprocess
+    import sys
+
+    from helpers import ROOT, venv_env
+
+    from fmnist_mlops.experiments.housekeeping import champion_chain, clean_runs
+
+    runs = trained_runs
+    uri = runs["weak"].mlflow.tracking_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    name = "fashion-mnist-cnn"
+
+    def champion() -> int:
+        return int(client.get_model_version_by_alias(name, "champion").version)
+
+    for run_name in ("weak", "strong", "three"):
+        assert promote(open_stage(runs[run_name]))["promote"], f"{run_name} beats the champion"
+    first, second = rollback(open_stage(runs["weak"])), rollback(open_stage(runs["weak"]))
+    assert (first["from_version"], first["to_version"], first["undoes"]) == (3, 2, 3)
+    assert (second["from_version"], second["to_version"], second["undoes"]) == (2, 1, 2)
+    assert champion() == 1
+    fourth = promote(open_stage(runs["four"]))
+    assert fourth["promote"] and fourth["candidate_version"] == 4 and champion() == 4
+
+    moves = history.read(client, name, "champion")
+    assert _walk(moves) == [
+        (1, "promote", None, 1, None),
+        (2, "promote", 1, 2, None),
+        (3, "promote", 2, 3, None),
+        (4, "rollback", 3, 2, 3),
+        (5, "rollback", 2, 1, 2),
+        (6, "promote", 1, 4, None),
+    ]
+    assert [m.at for m in moves] == sorted(m.at for m in moves)
+    for move in (m for m in moves if m.kind == "promote"):
+        version = client.get_model_version(name, str(move.to_version))
+        assert move.run_id == version.run_id and move.metric == "val_accuracy"
+        assert f"{move.candidate_score:.6f}" == version.tags["val_accuracy"]
+        assert "beats" in move.reason or "no champion" in move.reason
+    assert (
+        moves[5].champion_score is not None and moves[5].champion_score < moves[5].candidate_score
+    )
+    assert [v.version for v in champion_chain(client, name, "champion")] in (["4", "1"], [4, 1])
+
+    # A move by hand (the MLflow UI) is noticed by the next rollback, which undoes it first.
+    client.set_registered_model_alias(name, "champion", "2")
+    undo_manual = rollback(open_stage(runs["weak"]))
+    assert (undo_manual["from_version"], undo_manual["to_version"]) == (2, 4) and champion() == 4
+    assert rollback(open_stage(runs["weak"]))["to_version"] == 1 and champion() == 1
+    with pytest.raises(RegistryError, match=r"^fashion-mnist-cnn version 1 was the first @champ"):
+        rollback(open_stage(runs["weak"]))
+    assert champion() == 1
+    moves = history.read(client, name, "champion")
+    assert _walk(moves)[6:] == [
+        (7, "manual", 4, 2, None),
+        (8, "rollback", 2, 4, 7),
+        (9, "rollback", 4, 1, 6),
+    ]
+
+    # Housekeeping never loses it: the history lives on the registered model, not in runs.
+    clean_runs(uri, name, "champion", tmp_path / "no-backups", dvc=False)
+    assert history.read(client, name, "champion") == moves
+
+    # make champion-history: a table of the nine moves, oldest first.
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "src/champion_history.py",
+            "+experiment=smoke",
+            f"mlflow.tracking_uri={uri}",
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0] == "fashion-mnist-cnn@champion: 9 moves, now v1"
+    rows = [line.split()[:5] for line in lines[2:]]
+    assert [r[0] for r in rows] == [str(n) for n in range(1, 10)]
+    assert [r[2:5] for r in rows][:4] == [
+        ["promote", "-", "v1"],
+        ["promote", "v1", "v2"],
+        ["promote", "v2", "v3"],
+        ["rollback", "v3", "v2"],
+    ]
+    print(shown.stdout)

@@ -142,3 +142,21 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path):
         ids = {r[0] for r in conn.execute(sqlalchemy.text("select run_uuid from runs"))}
         versions = conn.execute(sqlalchemy.text("select count(*) from model_versions")).scalar()
     assert run_id in ids and versions == 1
+
+    # The champion's history lives in the server's store too: one promotion so far.
+    shown = subprocess.run(
+        [sys.executable, "src/champion_history.py"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[0] == "fashion-mnist-cnn@champion: 1 move, now v1"
+    with engine.connect() as conn:
+        tags = conn.execute(
+            sqlalchemy.text(
+                "select key from registered_model_tags where key like 'alias_history.%'"
+            )
+        ).all()
+    assert [t[0] for t in tags] == ["alias_history.champion.000001"]

@@ -14,6 +14,7 @@ import mlflow
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from fmnist_mlops.registry import history
 from fmnist_mlops.registry.rule import PREVIOUS_TAG, current_champion
 from fmnist_mlops.runtime import owner
 from fmnist_mlops.runtime.paths import backups_root, project_root
@@ -24,9 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def champion_chain(client: MlflowClient, name: str, alias: str) -> list[Any]:
-    """The champion's model version, then the one it replaced, and so on (rollback targets)."""
+    """The champion's model version, then every version rollbacks would move it to, in order.
+
+    Read from the champion's history; a registry from before the history follows the
+    ``previous_champion`` tags.
+    """
     chain: list[Any] = []
     version = current_champion(client, name, alias)
+    moves = history.read(client, name, alias)
+    if moves and version is not None:
+        chain.append(version)
+        for target in history.rollback_targets(moves):
+            try:
+                chain.append(client.get_model_version(name, str(target)))
+            except mlflow.exceptions.MlflowException:
+                break  # deleted by hand: rollbacks stop there too
+        return chain
     while version is not None and all(v.version != version.version for v in chain):
         chain.append(version)
         previous = version.tags.get(PREVIOUS_TAG)

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.config.schema import RegistryCfg
+from fmnist_mlops.registry import history
 from fmnist_mlops.registry.rule import PREVIOUS_TAG, current_champion, decide, registry_lock
 from fmnist_mlops.runtime.errors import RegistryError
 from fmnist_mlops.runtime.files import write_json
@@ -126,6 +127,7 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
 
     x, y = splits.x_val, splits.y_val
     candidate = assess(load_network(run_info["model_uri"]), x, y).metric(reg.metric)
+    history.reconcile(client, reg.model_name, reg.alias)  # a move by hand since the last one
     champ = current_champion(client, reg.model_name, reg.alias)
     champion = None
     if champ is not None:
@@ -147,6 +149,20 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
     holder = int(after.version) if after is not None else None
     if decision.promote and holder != int(version.version):
         raise RegistryError(f"alias {reg.alias} moved to version {holder} concurrently")
+    if decision.promote:
+        history.append(
+            client,
+            reg.model_name,
+            reg.alias,
+            kind="promote",
+            from_version=int(champ.version) if champ is not None else None,
+            to_version=int(version.version),
+            run_id=run_info["run_id"],
+            metric=reg.metric,
+            candidate_score=candidate,
+            champion_score=champion,
+            reason=decision.reason,
+        )
     return {
         **_rule(reg),
         "run_id": run_info["run_id"],
@@ -160,33 +176,54 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
 
 
 def rollback(ctx: StageContext) -> dict[str, Any]:
-    """Move the alias back to the version that held it before the current champion."""
+    """Undo the alias' last move that is not itself undone (see :mod:`history`).
+
+    Rolling back twice walks back through the real order of events: promotions, earlier
+    rollbacks and moves by hand, as the champion's history records them.
+    """
     reg = ctx.config.registry
     ctx.track()
     client = MlflowClient()
-    with registry_lock(reg.model_name, reg.lock_url):
-        champ = current_champion(client, reg.model_name, reg.alias)
-        if champ is None:
-            raise RegistryError(f"{reg.model_name} has no @{reg.alias}: nothing to roll back")
-        previous = champ.tags.get(PREVIOUS_TAG)
-        if not previous:
+    name, alias = reg.model_name, reg.alias
+    with registry_lock(name, reg.lock_url):
+        moves = history.reconcile(client, name, alias)
+        if not moves:
+            raise RegistryError(f"{name} has no @{alias}: nothing to roll back")
+        move = history.to_undo(moves)
+        if move is None or move.from_version is None:
+            first = move.to_version if move is not None else moves[0].to_version
             raise RegistryError(
-                f"{reg.model_name} version {champ.version} was the first @{reg.alias}: "
+                f"{name} version {first} was the first @{alias}: "
                 f"there is no previous champion to roll back to"
             )
+        target, holder = move.from_version, moves[-1].to_version
         try:
-            client.get_model_version(reg.model_name, previous)
+            target_run = client.get_model_version(name, str(target)).run_id
         except MlflowException:
             raise RegistryError(
-                f"{reg.model_name} version {previous}, the champion before version "
-                f"{champ.version}, was deleted: nothing to roll back to (set @{reg.alias} on "
+                f"{name} version {target}, the champion before version "
+                f"{holder}, was deleted: nothing to roll back to (set @{alias} on "
                 f"another version in the MLflow UI)"
             ) from None
-        client.set_registered_model_alias(reg.model_name, reg.alias, previous)
-        client.set_model_version_tag(reg.model_name, champ.version, "rolled_back", "true")
-    log.info("rollback: @%s moved from version %s to %s", reg.alias, champ.version, previous)
+        client.set_registered_model_alias(name, alias, str(target))
+        if holder is not None:
+            client.set_model_version_tag(name, str(holder), "rolled_back", "true")
+        done = history.append(
+            client,
+            name,
+            alias,
+            kind="rollback",
+            from_version=holder,
+            to_version=target,
+            run_id=target_run,
+            undoes=move.n,
+            reason=f"undoes move {move.n} ({move.kind} of version {move.to_version})",
+        )
+    log.info("rollback: @%s moved from version %s to %s", alias, holder, target)
     return {
-        "model_name": reg.model_name,
-        "from_version": int(champ.version),
-        "to_version": int(previous),
+        "model_name": name,
+        "from_version": holder,
+        "to_version": target,
+        "move": done.n,
+        "undoes": move.n,
     }
