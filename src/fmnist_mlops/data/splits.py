@@ -6,6 +6,7 @@ stage reads them back and checks they were made with the settings it is configur
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -112,6 +113,24 @@ def load_prepared(folder: Path) -> Splits:
         with np.load(folder / f"{name}.npz") as npz:
             arrays[name] = (npz["x"], npz["y"])
     return Splits(*arrays["train"], *arrays["val"], *arrays["test"], meta=meta)
+
+
+def split_sha256(folder: Path) -> dict[str, str]:
+    """SHA-256 of each prepared split's arrays ({"train": ..., "val": ..., "test": ...}).
+
+    Over the arrays (each key's name, dtype, shape and bytes, keys sorted), not the ``.npz``
+    file, whose zip headers carry the time it was written.
+    """
+    digests = {}
+    for path in sorted(Path(folder).glob("*.npz")):
+        digest = hashlib.sha256()
+        with np.load(path) as npz:
+            for key in sorted(npz.files):
+                array = np.ascontiguousarray(npz[key])
+                digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
+                digest.update(array.tobytes())
+        digests[path.stem] = digest.hexdigest()
+    return digests
 
 
 def split_settings(data_cfg: DataCfg) -> dict[str, Any]:

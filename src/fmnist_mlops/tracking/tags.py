@@ -31,14 +31,37 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-        diff = git("diff", "HEAD", "--no-ext-diff", "--binary") if dirty else ""
+        diff = uncommitted_diff(root)
     except (OSError, subprocess.SubprocessError):
         return {}
-    tags = {"git_commit": commit, "git_dirty": str(dirty).lower()}
-    if dirty:
-        tags["git_diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    tags = {"git_commit": commit, "git_dirty": str(bool(diff)).lower()}
+    if diff:
+        tags["git_diff_sha256"] = diff_sha256(diff)
     return tags
+
+
+def uncommitted_diff(root: Path | None = None) -> str:
+    """The uncommitted change to tracked files (``git diff HEAD --binary``; "" when clean).
+
+    What a run trained from a dirty tree records, and what reproducing it applies on top of
+    its commit (``git apply``).
+
+    Raises:
+        OSError, subprocess.SubprocessError: git is missing or ``root`` is not a checkout.
+    """
+    return subprocess.run(
+        ["git", "diff", "HEAD", "--no-ext-diff", "--binary"],
+        cwd=root or project_root(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+
+
+def diff_sha256(diff: str) -> str:
+    """The ``git_diff_sha256`` tag of a diff."""
+    return hashlib.sha256(diff.encode()).hexdigest()
 
 
 CODE_TAGS = ("git_commit", "git_dirty", "git_diff_sha256")

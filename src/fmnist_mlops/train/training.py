@@ -32,7 +32,7 @@ from fmnist_mlops.tracking.logged_params import log_config
 from fmnist_mlops.tracking.runs import mark_orphaned_runs, run_exists, run_record
 from fmnist_mlops.tracking.scratch import out_dir
 from fmnist_mlops.tracking.tags import run_tags
-from fmnist_mlops.train import backup, claims, cluster, workers
+from fmnist_mlops.train import backup, claims, cluster, provenance, workers
 from fmnist_mlops.train import callbacks as callbacks_lib
 from fmnist_mlops.train.fitting import fit, weights_sha256
 from fmnist_mlops.train.history import history_plot, logged_metrics, write_history
@@ -107,7 +107,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             "out_dir": str(out),
             "config_hash": cfg_hash,
         }
-        active = mlflow.start_run(tags=start_tags)
+        active = mlflow.start_run(tags=start_tags, log_system_metrics=True)
         claims.name_run(folder, active.info.run_id)
     else:
         log.info(
@@ -116,7 +116,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             restored.epoch,
             folder,
         )
-        active = mlflow.start_run(run_id=restored.run_id)
+        active = mlflow.start_run(run_id=restored.run_id, log_system_metrics=True)
         mlflow.set_tags(
             {
                 **run_tags("train"),
@@ -208,6 +208,7 @@ def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=())
     config, splits = ctx.config, ctx.splits
     run_id = run.info.run_id
     log.info("train: MLflow run %s, outputs in %s", run_id, out)
+    provenance.record(ctx.prepared)
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
         return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
@@ -260,6 +261,7 @@ def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=
             "fit_seconds": fit_seconds,
         }
     )
+    mlflow.set_tags({"weights_sha256": summary["weights_sha256"], **provenance.threads()})
     write_history(hist, out / HISTORY_CSV)
     history_plot(hist, out / HISTORY_PNG, best_epoch)
     mlflow.log_artifact(str(out / HISTORY_PNG), "plots")
