@@ -128,6 +128,11 @@ serve-stop: $(STAMP) ## Stop the model server `make serve` started on PORT (noth
 rollback: $(STAMP) ## Undo @champion's last move (make champion-history shows them)
 	$(BIN)/python src/rollback.py
 
+# The registered version to rebuild: a number or an alias (default: reproduce.version, @champion).
+VERSION ?=
+reproduce: $(STAMP) data ## Rebuild a registered version (VERSION=N; default @champion) and compare: exact, close or differs
+	$(BIN)/python src/reproduce.py $(if $(VERSION),reproduce.version=$(VERSION))
+
 champion-history: $(STAMP) ## Every move of @champion: when, from, to, by which command, scores, why
 	$(BIN)/python src/champion_history.py
 

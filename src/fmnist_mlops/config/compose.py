@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_mlops.config.schema import Config, TuneCfg
+from fmnist_mlops.config.schema import Config, ReproduceCfg, TuneCfg
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.runtime.paths import project_root
 
@@ -109,6 +109,24 @@ def validate_tune(tune_cfg: Any) -> TuneCfg:
     except ValidationError as exc:
         raise ConfigError(first_error(data, exc, TuneConfig)) from None
     check_space(typed.space)
+    return typed
+
+
+def validate_reproduce(reproduce_cfg: Any) -> ReproduceCfg:
+    """Check ``reproduce`` against :class:`schema.ReproduceCfg`; one line on error."""
+    from pydantic import ValidationError
+
+    from fmnist_mlops.config.schema import ReproduceConfig, first_error
+
+    data = {"reproduce": OmegaConf.to_container(reproduce_cfg, resolve=True)}
+    try:
+        typed = ReproduceConfig.model_validate(data).reproduce
+    except ValidationError as exc:
+        raise ConfigError(first_error(data, exc, ReproduceConfig)) from None
+    if (isinstance(typed.version, int) and typed.version < 1) or not str(typed.version).strip():
+        raise ConfigError(
+            f"reproduce.version={typed.version}: expected a version number >= 1 or an alias"
+        )
     return typed
 
 

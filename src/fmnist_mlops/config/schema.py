@@ -184,6 +184,28 @@ class TuneCfg(_Strict):
     space: dict[str, dict[str, Any]] = _f("a mapping of override keys to distributions")
 
 
+class ToleranceCfg(_Strict):
+    """When a rebuild that is not bit-identical still counts as the same model."""
+
+    accuracy: float = _f("an absolute accuracy difference in [0, 1)", ge=0, lt=1)
+    loss: float = _f("a relative loss difference in [0, 1)", ge=0, lt=1)
+
+
+class ReproduceCfg(_Strict):
+    """``make reproduce``: which version to rebuild and how to judge the rebuild."""
+
+    version: int | str = _f("a version number >= 1 or an alias")
+    tolerance: ToleranceCfg
+    envs: str = _f("a folder path (relative: to the repository)", min_length=1)
+    keep: bool = _f("true or false")
+
+
+class ReproduceConfig(_Strict):
+    """The reproduction's own settings, validated apart from the project config."""
+
+    reproduce: ReproduceCfg
+
+
 class TuneConfig(_Strict):
     """The tuner's own settings, validated apart from the project config it composes."""
 

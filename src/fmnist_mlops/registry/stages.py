@@ -17,6 +17,7 @@ from fmnist_mlops.evaluate.evaluation import evaluate_in
 from fmnist_mlops.registry.promotion import promote
 from fmnist_mlops.runtime.errors import DataError
 from fmnist_mlops.tracking.context import StageContext, open_stage
+from fmnist_mlops.tracking.logged_params import CONFIG_ARTIFACT
 
 
 def evaluate_and_promote(ctx: StageContext) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def child_config(run_id: str, caller: Config) -> DictConfig:
     Nothing is read from the child's scratch folder, which may be long gone.
     """
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
     except mlflow.exceptions.MlflowException as exc:
         raise DataError(f"run {run_id} has no logged config.yaml ({exc}): train it again") from None
     cfg = OmegaConf.create(text)

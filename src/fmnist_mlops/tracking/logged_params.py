@@ -16,6 +16,9 @@ from fmnist_mlops.tracking.databases import (
 _MAX_PARAM_LEN = 6000
 
 
+# The composed config as one file among the run's artifacts (what reruns read back).
+CONFIG_ARTIFACT = "config.yaml"
+
 _SECRET_WORDS = ("password", "secret", "token", "access_key", "api_key", "credential")
 
 
@@ -63,4 +66,4 @@ def log_config(cfg: DictConfig) -> None:
     safe = OmegaConf.create({})
     for key, value in flat.items():
         OmegaConf.update(safe, key, value, force_add=True)
-    mlflow.log_text(OmegaConf.to_yaml(safe), "config.yaml")
+    mlflow.log_text(OmegaConf.to_yaml(safe), CONFIG_ARTIFACT)
