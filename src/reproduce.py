@@ -7,7 +7,7 @@ def stage(cfg):
     """Validate both parts first, then import the stage: bad input never loads TensorFlow."""
     from omegaconf import OmegaConf, open_dict
 
-    from fmnist_mlops.config.compose import validate_reproduce
+    from fmnist_mlops.config.commands import validate_reproduce
     from fmnist_mlops.tracking.context import open_stage
 
     settings = validate_reproduce(cfg.reproduce)

@@ -10,7 +10,8 @@ def stage(cfg):
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from fmnist_mlops.config.compose import compose, project_overrides, validate_tune
+    from fmnist_mlops.config.commands import validate_tune
+    from fmnist_mlops.config.compose import compose, project_overrides
     from fmnist_mlops.tracking.context import open_stage
 
     tune_cfg = validate_tune(cfg.tune)

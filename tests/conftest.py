@@ -20,10 +20,12 @@ from helpers import (
     ROOT,
     clone_store,
     copy_project,
+    dvc,
     free_port,
     pipeline,
     read_only_rows,
     require_real_data,
+    sh,
     smoke_config,
     venv_env,
 )
@@ -258,3 +260,25 @@ def postgres():
         capture_output=True,
     )
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(build_once) -> Path:
+    """A fresh-clone-like copy of the project after `dvc repro` of the smoke config (once)."""
+    require_real_data()
+
+    def build(folder: Path) -> None:
+        project = copy_project(folder)
+        sh(project, sys.executable, "src/params.py", "+experiment=smoke")
+        sh(project, "git", "commit", "-qam", "smoke params")
+        dvc(project, "repro")
+
+    return build_once("smoke-project", build)
+
+
+@pytest.fixture
+def smoke_project(reproduced_project, tmp_path) -> Path:
+    """This test's own copy of :func:`reproduced_project`: tests never see each other's work."""
+    project = clone_store(reproduced_project, tmp_path / "project", text=False)
+    shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # locks, queue, state caches
+    return project

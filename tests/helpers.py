@@ -302,3 +302,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sh(project: Path, *cmd: str, check: bool = True, timeout: int = 900):
+    """Run ``cmd`` in ``project`` with the venv first on PATH; fail with its output."""
+    result = subprocess.run(
+        cmd, cwd=project, capture_output=True, text=True, env=venv_env(), timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True):
+    """`dvc ARGS` in ``project`` (:func:`sh`)."""
+    return sh(project, str(Path(sys.executable).parent / "dvc"), *args, check=check)
+
+
+def client_for(project: Path):
+    """An MLflow client of ``project``'s own SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)

@@ -21,6 +21,7 @@ SCRIPTS = (
     "champion_history",
     "report",
     "tune",
+    "reproduce",
 )
 
 # (overrides, the start of the one line that refuses them)

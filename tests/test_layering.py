@@ -27,6 +27,14 @@ LIGHT = {
     "report refusing seed=-1": ("src/report.py", ["seed=-1"]),
     "tune refusing seed=-1": ("src/tune.py", ["seed=-1"]),
     "tune refusing tune.n_trials=0": ("src/tune.py", ["tune.n_trials=0"]),
+    "reproduce refusing reproduce.tolerance.accuracy=2": (
+        "src/reproduce.py",
+        ["reproduce.tolerance.accuracy=2"],
+    ),
+    "reproduce of a version that does not exist": (
+        "src/reproduce.py",
+        ["mlflow.tracking_uri=sqlite:///{tmp}/m.db", "reproduce.version=3"],
+    ),
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -12,59 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_MODEL, clone_store, copy_project, load_script, require_real_data, venv_env
-from mlflow.tracking import MlflowClient
+from helpers import TINY_MODEL, client_for, dvc, load_script, sh, venv_env
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def sh(project: Path, *cmd: str, check: bool = True, timeout: int = 900):
-    result = subprocess.run(
-        cmd, cwd=project, capture_output=True, text=True, env=venv_env(), timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def dvc(project: Path, *args: str, check: bool = True):
-    return sh(project, str(BIN / "dvc"), *args, check=check)
-
-
-def client_for(project: Path) -> MlflowClient:
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    return MlflowClient(uri, registry_uri=uri)
 
 
 def runs(project: Path):
     client = client_for(project)
     exp = client.get_experiment_by_name("fashion-mnist")
     return client.search_runs([exp.experiment_id]) if exp else []
-
-
-@pytest.fixture(scope="session")
-def reproduced_project(build_once) -> Path:
-    """A fresh-clone-like copy of the project after `dvc repro` of the smoke config (once)."""
-    require_real_data()
-
-    def build(folder: Path) -> None:
-        project = copy_project(folder)
-        sh(project, sys.executable, "src/params.py", "+experiment=smoke")
-        sh(project, "git", "commit", "-qam", "smoke params")
-        dvc(project, "repro")
-
-    return build_once("smoke-project", build)
-
-
-@pytest.fixture
-def smoke_project(reproduced_project, tmp_path) -> Path:
-    """This test's own copy of :func:`reproduced_project`: tests never see each other's work."""
-    project = clone_store(reproduced_project, tmp_path / "project", text=False)
-    shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # locks, queue, state caches
-    return project
 
 
 def test_repro_tracks_everything_in_mlflow(smoke_project):

@@ -226,7 +226,8 @@ def test_two_tuners_share_one_study_in_postgresql(tmp_path, smoke_prepared, post
 def test_a_study_where_every_trial_fails_raises_and_registers_nothing(tmp_path, smoke_prepared):
     from omegaconf import OmegaConf
 
-    from fmnist_mlops.config.compose import compose, validate_tune
+    from fmnist_mlops.config.commands import validate_tune
+    from fmnist_mlops.config.compose import compose
     from fmnist_mlops.experiments.tuning import TuningFailed, tune
     from fmnist_mlops.registry.stages import promote_child
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_mlops.config.schema import Config, ReproduceCfg, TuneCfg
+from fmnist_mlops.config.schema import Config
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.runtime.paths import project_root
 
@@ -80,10 +79,6 @@ def validate(cfg: DictConfig) -> Config:
     return typed
 
 
-# The kinds of search-space entries the tuner samples (``tune.space.<key>.type``).
-DIST_TYPES = ("categorical", "float", "int")
-
-
 def project_overrides(overrides: Iterable[str]) -> list[str]:
     """The overrides of a ``tune`` command line that belong to the project config.
 
@@ -91,61 +86,3 @@ def project_overrides(overrides: Iterable[str]) -> list[str]:
     plus its sampled values.
     """
     return [o for o in overrides if not o.lstrip("+~").startswith("tune")]
-
-
-def validate_tune(tune_cfg: Any) -> TuneCfg:
-    """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error.
-
-    Returns:
-        The typed ``tune`` config the tuner reads from then on.
-    """
-    from pydantic import ValidationError
-
-    from fmnist_mlops.config.schema import TuneConfig, first_error
-
-    data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
-    try:
-        typed = TuneConfig.model_validate(data).tune
-    except ValidationError as exc:
-        raise ConfigError(first_error(data, exc, TuneConfig)) from None
-    check_space(typed.space)
-    return typed
-
-
-def validate_reproduce(reproduce_cfg: Any) -> ReproduceCfg:
-    """Check ``reproduce`` against :class:`schema.ReproduceCfg`; one line on error."""
-    from pydantic import ValidationError
-
-    from fmnist_mlops.config.schema import ReproduceConfig, first_error
-
-    data = {"reproduce": OmegaConf.to_container(reproduce_cfg, resolve=True)}
-    try:
-        typed = ReproduceConfig.model_validate(data).reproduce
-    except ValidationError as exc:
-        raise ConfigError(first_error(data, exc, ReproduceConfig)) from None
-    if (isinstance(typed.version, int) and typed.version < 1) or not str(typed.version).strip():
-        raise ConfigError(
-            f"reproduce.version={typed.version}: expected a version number >= 1 or an alias"
-        )
-    return typed
-
-
-def check_space(space: Any) -> None:
-    """Fail with one line on a malformed search-space entry."""
-    if not space:
-        raise ConfigError("tune.space is empty: expected at least one key to search")
-    for key, spec in space.items():
-        kind = spec.get("type")
-        if kind not in DIST_TYPES:
-            raise ConfigError(
-                f"tune.space.{key}.type={kind!r} is invalid: expected one of {DIST_TYPES}"
-            )
-        if kind == "categorical" and not spec.get("choices"):
-            raise ConfigError(f"tune.space.{key}.choices is missing: expected a non-empty list")
-        if kind in ("float", "int"):
-            low, high = spec.get("low"), spec.get("high")
-            if low is None or high is None or not low < high:
-                raise ConfigError(
-                    f"tune.space.{key}: low={low!r}, high={high!r} is invalid: "
-                    "expected numbers with low < high"
-                )

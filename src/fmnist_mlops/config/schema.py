@@ -165,53 +165,6 @@ class Config(_Strict):
     mlflow: MlflowCfg
 
 
-class PrunerCfg(_Strict):
-    """Optuna's median pruner (``tune.pruner``)."""
-
-    n_startup_trials: int = _f("an integer >= 0", ge=0)
-    n_warmup_steps: int = _f("an integer >= 0", ge=0)
-
-
-class TuneCfg(_Strict):
-    """The Optuna study (``conf/tune``); ``space`` is checked by ``config.check_space``."""
-
-    study_name: str = _f("a non-empty name", min_length=1)
-    storage: str | None = _f("null (optuna.db next to mlflow.db) or an RDB URL")
-    n_trials: int = _f("an integer > 0", gt=0)
-    timeout_s: float | None = _f("null or a number of seconds > 0", gt=0)
-    seed: int | None = _f("null or an integer")
-    pruner: PrunerCfg
-    space: dict[str, dict[str, Any]] = _f("a mapping of override keys to distributions")
-
-
-class ToleranceCfg(_Strict):
-    """When a rebuild that is not bit-identical still counts as the same model."""
-
-    accuracy: float = _f("an absolute accuracy difference in [0, 1)", ge=0, lt=1)
-    loss: float = _f("a relative loss difference in [0, 1)", ge=0, lt=1)
-
-
-class ReproduceCfg(_Strict):
-    """``make reproduce``: which version to rebuild and how to judge the rebuild."""
-
-    version: int | str = _f("a version number >= 1 or an alias")
-    tolerance: ToleranceCfg
-    envs: str = _f("a folder path (relative: to the repository)", min_length=1)
-    keep: bool = _f("true or false")
-
-
-class ReproduceConfig(_Strict):
-    """The reproduction's own settings, validated apart from the project config."""
-
-    reproduce: ReproduceCfg
-
-
-class TuneConfig(_Strict):
-    """The tuner's own settings, validated apart from the project config it composes."""
-
-    tune: TuneCfg
-
-
 def _describe(loc: tuple[Any, ...], root: Any = None) -> tuple[str, str | None]:
     """Dotted key and the accepted-values text of the field at ``loc``."""
     model: Any = root or Config

@@ -12,7 +12,8 @@ from typing import Any
 
 import optuna
 
-from fmnist_mlops.config.schema import RegistryCfg, TuneCfg
+from fmnist_mlops.config.commands import TuneCfg
+from fmnist_mlops.config.schema import RegistryCfg
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.runtime.paths import sqlite_dir, store_root
 from fmnist_mlops.tracking.databases import first_line, hide_password, sqlalchemy_url

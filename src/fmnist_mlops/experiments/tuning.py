@@ -26,8 +26,8 @@ import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
 
+from fmnist_mlops.config.commands import TuneCfg
 from fmnist_mlops.config.compose import compose
-from fmnist_mlops.config.schema import TuneCfg
 from fmnist_mlops.experiments.study import (
     FINISHED_STATES,
     INTERRUPTED_ATTR,
@@ -153,7 +153,7 @@ def tune(
 
     Args:
         ctx: The context of the project config the trials start from (its store, registry).
-        tune_cfg: The tuner's validated settings (``config.validate_tune``).
+        tune_cfg: The tuner's validated settings (``commands.validate_tune``).
         base_overrides: The command line's project overrides (``config.project_overrides``);
             every trial composes its config from them plus its sampled values.
         train: Trains one trial (``training.train``); handed in by ``src/tune.py`` so the

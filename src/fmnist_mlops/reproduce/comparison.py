@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmnist_mlops.config.schema import ToleranceCfg
+from fmnist_mlops.config.commands import ToleranceCfg
 from fmnist_mlops.train.history import EPOCH_METRICS as EPOCH_KEYS
 
 

@@ -25,7 +25,7 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.config.schema import ReproduceCfg
+from fmnist_mlops.config.commands import ReproduceCfg
 from fmnist_mlops.data.splits import split_sha256
 from fmnist_mlops.reproduce import build, comparison, source
 from fmnist_mlops.runtime.errors import ConfigError, DataError, Interrupted

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from fmnist_mlops.runtime.files import atomic, save_figure
 
@@ -43,6 +42,9 @@ def write_history(hist: dict[str, list[float]], path: Path) -> None:
 def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: int | None) -> Path:
     """Plot loss and accuracy, train vs val, per epoch; mark the restored best epoch."""
     epochs = np.arange(len(history["loss"]))
+    # Here: reading the names above (make reproduce, the report) needs no matplotlib.
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
