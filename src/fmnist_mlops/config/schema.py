@@ -150,6 +150,7 @@ class MlflowCfg(_Strict):
     http_backoff_factor: int = _f("an integer number of seconds in [0, 10]", ge=0, le=10)
     http_timeout_s: int = _f("an integer number of seconds in [1, 600]", ge=1, le=600)
     probe_timeout_s: int = _f("an integer number of seconds in [1, 300]", ge=1, le=300)
+    system_metrics: bool = _f("true or false")
 
 
 class Config(_Strict):

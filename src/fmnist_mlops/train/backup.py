@@ -39,6 +39,7 @@ _NOT_HASHED = (
     "mlflow.http_backoff_factor",
     "mlflow.http_timeout_s",
     "mlflow.probe_timeout_s",
+    "mlflow.system_metrics",
 )
 
 

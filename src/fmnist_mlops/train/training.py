@@ -99,6 +99,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
     """The MLflow run of :func:`train` (new or resumed) around the fit, in a claimed backup."""
     paths = ctx.config.paths
     out = out_dir(paths.out, "train", paths.scratch)
+    system_metrics = ctx.config.mlflow.system_metrics
     if restored is None:
         start_tags = {
             **run_tags("train"),
@@ -107,7 +108,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             "out_dir": str(out),
             "config_hash": cfg_hash,
         }
-        active = mlflow.start_run(tags=start_tags, log_system_metrics=True)
+        active = mlflow.start_run(tags=start_tags, log_system_metrics=system_metrics)
         claims.name_run(folder, active.info.run_id)
     else:
         log.info(
@@ -116,7 +117,7 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             restored.epoch,
             folder,
         )
-        active = mlflow.start_run(run_id=restored.run_id, log_system_metrics=True)
+        active = mlflow.start_run(run_id=restored.run_id, log_system_metrics=system_metrics)
         mlflow.set_tags(
             {
                 **run_tags("train"),
