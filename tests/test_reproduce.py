@@ -16,6 +16,7 @@ from helpers import client_for, dvc, sh
 
 from fmnist_mlops.config.commands import ToleranceCfg
 from fmnist_mlops.reproduce.comparison import compare
+from fmnist_mlops.reproduce.source import LATER_FIELDS
 
 MODEL = "fashion-mnist-cnn"
 TOL = ToleranceCfg(accuracy=0.002, loss=0.01)
@@ -82,13 +83,21 @@ def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
     client = client_for(project)
     before = _state(project)
     moves = client.get_registered_model(MODEL).tags
+    weights_v1 = client.get_run(client.get_model_version(MODEL, "1").run_id).data.tags[
+        "weights_sha256"
+    ]
 
-    # 1. The champion `dvc repro` trained comes back exact, and the store says so.
+    # 1. The champion `dvc repro` trained comes back exact, and the store says so; here as a
+    # version registered before the environment, machine and weights fields were recorded.
+    v1 = client.get_model_version(MODEL, "1")
+    for key in LATER_FIELDS:
+        client.delete_tag(v1.run_id, key)
     done = _reproduce(project, envs)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["verdict"] == "exact", done.stdout[-4000:]
     assert "verdict: EXACT" in done.stdout and "data: splits" in done.stdout
+    assert result["not_recorded"] == list(LATER_FIELDS) and "not recorded" in done.stdout
     assert set(result["seconds"]) >= {"environment", "data", "training", "comparison"}
     v1 = client.get_model_version(MODEL, "1")
     assert v1.tags["reproduced"] == "exact" and v1.tags["reproduced_at"]
@@ -115,10 +124,7 @@ def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
     fitting.write_text(code)  # back to the commit: only the recorded diff can bring it back
     v2 = client.get_model_version(MODEL, "2")
     trained = client.get_run(v2.run_id).data.tags
-    assert (
-        trained["git_dirty"] == "true"
-        and trained["weights_sha256"] != original.data.tags["weights_sha256"]
-    )
+    assert trained["git_dirty"] == "true" and trained["weights_sha256"] != weights_v1
     done = _reproduce(project, envs, "reproduce.version=2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["verdict"] == "exact", done.stdout[
@@ -144,9 +150,16 @@ def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
             len(lines) == 1 and lines[0].startswith("reproduce: error:") and message in lines[0]
         ), lines
     client.set_tag(v1.run_id, "git_commit", original.data.tags["git_commit"])
+    digests = {k: v for k, v in original.data.tags.items() if k.startswith("data.sha256.")}
+    for key in digests:
+        client.delete_tag(v1.run_id, key)
+    refused = _reproduce(project, envs, "reproduce.version=1")
+    assert refused.returncode == 2 and "did not record data.sha256.*" in refused.stderr
+    for key, value in digests.items():
+        client.set_tag(v1.run_id, key, value)
 
     # 4. Data that no longer matches the record: reported, nothing trained or recorded.
-    client.set_tag(v1.run_id, "data.split_sha256.train", "0" * 64)
+    client.set_tag(v1.run_id, "data.split_sha256.train", "0" * 64)  # as if recorded that way
     runs_before = len(client.search_runs([original.info.experiment_id]))
     mismatch = _reproduce(project, envs, "reproduce.version=1")
     assert mismatch.returncode == 2, mismatch.stderr[-2000:]

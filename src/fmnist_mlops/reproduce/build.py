@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,14 +44,12 @@ class BuildError(ProjectError):
 
 
 @contextlib.contextmanager
-def worktree(repo: Path, commit: str, parent: Path, keep: bool = False) -> Iterator[Path]:
-    """A detached git worktree of ``commit`` in a new folder under ``parent``; removed after.
+def worktree(repo: Path, commit: str, home: Path, keep: bool = False) -> Iterator[Path]:
+    """A detached git worktree of ``commit`` in ``home/tree``; removed after, with ``home``.
 
     The user's checkout is not touched: no file of it changes, and the worktree's entry in
     ``.git/worktrees`` is removed again (``keep`` leaves both for a look).
     """
-    parent.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix=f"reproduce-{commit[:8]}-", dir=parent))
     tree = home / "tree"
     _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), commit)
     try:

@@ -29,8 +29,9 @@ from fmnist_mlops.config.commands import ReproduceCfg
 from fmnist_mlops.data.splits import split_sha256
 from fmnist_mlops.reproduce import build, comparison, source
 from fmnist_mlops.runtime.errors import ConfigError, DataError, Interrupted
-from fmnist_mlops.runtime.paths import MODEL_FILE, RUN_FILE, project_root, resolve, scratch_root
+from fmnist_mlops.runtime.paths import MODEL_FILE, RUN_FILE, project_root, resolve
 from fmnist_mlops.tracking.context import StageContext
+from fmnist_mlops.tracking.scratch import new_folder
 from fmnist_mlops.tracking.tags import run_tags
 from fmnist_mlops.train import provenance
 
@@ -64,8 +65,9 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
         " + its recorded uncommitted diff" if src.dirty else "",
     )
     seconds: dict[str, float] = {}
-    parent = scratch_root(ctx.config.paths.scratch)
-    with build.worktree(repo, src.commit, parent, keep=settings.keep) as tree:
+    # A scratch folder owned by this process: `make clean` leaves it alone while it runs.
+    home = new_folder(ctx.config.paths.scratch, "reproduce")
+    with build.worktree(repo, src.commit, home, keep=settings.keep) as tree:
         started = time.perf_counter()
         if src.diff:
             build.apply_diff(tree, src.diff)
