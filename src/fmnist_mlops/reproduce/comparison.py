@@ -68,8 +68,11 @@ def compare(recorded: dict[str, Any], rebuilt: dict[str, Any], tol: ToleranceCfg
         test_off = _off("test_accuracy", recorded["test_accuracy"], rebuilt["test_accuracy"], tol)
     summary = [
         (key, recorded.get(key), rebuilt.get(key), _mark(recorded.get(key), rebuilt.get(key)))
-        for key in ("epochs_trained", "best_epoch", "test_accuracy", "test_loss", "weights_sha256")
+        for key in ("test_accuracy", "test_loss", "weights_sha256")
     ]
+    for key in ("best_epoch", "epochs_trained"):  # logged as float metrics, shown as counts
+        a, b = (None if v.get(key) is None else int(v[key]) for v in (recorded, rebuilt))
+        summary.insert(0, (key, a, b, _mark(a, b)))
     summary.append(("fit_seconds", recorded.get("fit_seconds"), rebuilt.get("fit_seconds"), "cost"))
     if same_weights and equal:
         return Comparison("exact", "same weights, every epoch's metrics equal", rows, summary)
