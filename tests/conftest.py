@@ -282,3 +282,13 @@ def smoke_project(reproduced_project, tmp_path) -> Path:
     project = clone_store(reproduced_project, tmp_path / "project", text=False)
     shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # locks, queue, state caches
     return project
+
+
+@pytest.fixture(scope="session")
+def reproduce_envs(tmp_path_factory) -> Path:
+    """Where ``make reproduce`` keeps built environments, shared by both test processes.
+
+    The folder above each process's own base temp: one environment per lock is built once per
+    session (``reproduce.build.environment`` locks it while building).
+    """
+    return tmp_path_factory.getbasetemp().parent / "reproduce-envs"

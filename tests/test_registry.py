@@ -104,6 +104,11 @@ def test_two_promotions_at_the_same_moment_end_on_the_better_model(trained_runs,
     client, champion, strong_run = race_promotions(trained_runs, smoke_prepared)
     assert champion.run_id == strong_run, "whatever the order, the better model holds @champion"
     assert len(client.search_model_versions("name='fashion-mnist-cnn'")) == 2
+    # The history holds the moves in the order they happened, one number each, ending on it.
+    moves = history.read(client, "fashion-mnist-cnn", "champion")
+    assert [m.n for m in moves] == list(range(1, len(moves) + 1)) and 1 <= len(moves) <= 2
+    assert moves[-1].to_version == int(champion.version) and moves[0].from_version is None
+    assert all(b.from_version == a.to_version for a, b in zip(moves, moves[1:], strict=False))
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import client_for, dvc, sh
+from helpers import ROOT, client_for, dvc, sh, venv_env
 
 from fmnist_mlops.config.commands import ToleranceCfg
 from fmnist_mlops.reproduce.comparison import compare
@@ -61,6 +61,41 @@ def test_equal_metrics_with_other_weights_are_not_exact():
     assert judged.verdict == "close"
 
 
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["reproduce.version=0"], "reproduce.version=0: expected a version number >= 1"),
+        (["reproduce.tolerance.loss=-1"], "reproduce.tolerance.loss=-1 is invalid"),
+        (["reproduce.keep=maybe"], "reproduce.keep="),
+        (["reproduce.envs=/proc/nope"], "reproduce.envs='/proc/nope' cannot be used"),
+        (["reproduce.version=5"], "reproduce.version=5: fashion-mnist-cnn has no version 5"),
+        (["reproduce.version=gold"], "reproduce.version=gold: fashion-mnist-cnn has no alias"),
+    ],
+)
+def test_bad_settings_and_unknown_versions_are_refused_in_one_line(args, start, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # the user's store
+    done = subprocess.run(
+        [
+            sys.executable,
+            "src/reproduce.py",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+            f"paths.scratch={tmp_path / 'scratch'}",
+            *args,
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"reproduce: error: {start}"), lines[0]
+    assert not (tmp_path / "scratch").exists(), "refused before any work"
+
+
 def _reproduce(project: Path, envs: Path, *args: str) -> subprocess.CompletedProcess:
     return sh(
         project, sys.executable, "src/reproduce.py", f"reproduce.envs={envs}", *args, check=False
@@ -76,10 +111,10 @@ def _state(project: Path) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
-    smoke_project, tmp_path_factory
+    smoke_project, reproduce_envs
 ):
     project = smoke_project
-    envs = tmp_path_factory.getbasetemp() / "reproduce-envs"  # built once, shared
+    envs = reproduce_envs
     client = client_for(project)
     before = _state(project)
     moves = client.get_registered_model(MODEL).tags
@@ -157,6 +192,10 @@ def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
     assert refused.returncode == 2 and "did not record data.sha256.*" in refused.stderr
     for key, value in digests.items():
         client.set_tag(v1.run_id, key, value)
+    client.set_tag(v1.run_id, "distribute.workers", "2")
+    refused = _reproduce(project, envs, "reproduce.version=1")
+    assert refused.returncode == 2 and "was trained by 2 workers" in refused.stderr
+    client.set_tag(v1.run_id, "distribute.workers", "1")
 
     # 4. Data that no longer matches the record: reported, nothing trained or recorded.
     client.set_tag(v1.run_id, "data.split_sha256.train", "0" * 64)  # as if recorded that way

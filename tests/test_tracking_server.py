@@ -91,7 +91,7 @@ def tracking_server(postgres, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path):
+def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path, reproduce_envs):
     url, artifacts, db = tracking_server
     require_real_data()
     project = copy_project(tmp_path / "project")
@@ -160,3 +160,17 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path):
             )
         ).all()
     assert [t[0] for t in tags] == ["alias_history.champion.000001"]
+
+    # make reproduce through the server: the diff, config and checkpoint come back over HTTP.
+    done = subprocess.run(
+        [sys.executable, "src/reproduce.py", f"reproduce.envs={reproduce_envs}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["verdict"] == "exact", done.stdout
+    version = api(url, "model-versions/get", name="fashion-mnist-cnn", version="1")
+    tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
+    assert tags["reproduced"] == "exact"

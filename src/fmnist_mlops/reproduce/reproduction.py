@@ -29,6 +29,7 @@ from fmnist_mlops.config.commands import ReproduceCfg
 from fmnist_mlops.data.splits import split_sha256
 from fmnist_mlops.reproduce import build, comparison, source
 from fmnist_mlops.runtime.errors import ConfigError, DataError, Interrupted
+from fmnist_mlops.runtime.folders import writable_dir
 from fmnist_mlops.runtime.paths import MODEL_FILE, RUN_FILE, project_root, resolve
 from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.scratch import new_folder
@@ -51,10 +52,11 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
         DataError: The rebuilt data does not match the recorded digests (nothing trained).
     """
     reg = ctx.config.registry
+    uv = _uv()
+    envs = writable_dir("reproduce.envs", resolve(settings.envs))
     ctx.track()
     client = MlflowClient()
     repo = project_root()
-    uv = _uv()
     src = source.read_source(client, reg.model_name, settings.version, repo)
     log.info(
         "reproduce: %s version %s, run %s, commit %s%s",
@@ -71,7 +73,7 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
         started = time.perf_counter()
         if src.diff:
             build.apply_diff(tree, src.diff)
-        bin_dir, reused = build.environment(tree, resolve(settings.envs), uv)
+        bin_dir, reused = build.environment(tree, envs, uv)
         seconds["environment"] = time.perf_counter() - started
         log.info(
             "reproduce: environment %s in %.1f s",

@@ -126,6 +126,12 @@ def read_source(client: MlflowClient, name: str, version: int | str, repo: Path)
         raise RegistryError(
             f"{where}: {DIFF_ARTIFACT} does not match its git_diff_sha256 tag: not applied"
         )
+    workers = int(tags.get("distribute.workers", "1") or 1)
+    if workers > 1:
+        raise RegistryError(
+            f"{where} was trained by {workers} workers (train.distribute=multi_worker): "
+            f"make reproduce rebuilds single-process trainings only"
+        )
     if not has_commit(repo, commit):
         raise RegistryError(
             f"{where} was trained at commit {commit}, which this repository does not have "
