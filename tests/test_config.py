@@ -27,7 +27,8 @@ def test_defaults_expose_the_documented_interface():
     assert (flat["model.dense_units"], flat["model.dropout"]) == (100, 0.4)
     assert flat["train.epochs"] == 20 and flat["train.monitor"] == "val_loss"
     assert (flat["data.val_split"], flat["data.split_seed"]) == (0.2, 42)
-    assert flat["registry.metric"] == "val_accuracy" and flat["registry.mode"] == "max"
+    # mode follows the metric unless set: null here, "max" once validated.
+    assert flat["registry.metric"] == "val_accuracy" and flat["registry.mode"] is None
     assert (
         flat["registry.model_name"] == "fashion-mnist-cnn" and flat["registry.alias"] == "champion"
     )

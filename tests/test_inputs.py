@@ -9,6 +9,7 @@ import pytest
 from omegaconf import open_dict
 
 from fmnist_mlops.config.compose import compose, validate
+from fmnist_mlops.config.schema import derived
 from fmnist_mlops.runtime.errors import ConfigError
 from fmnist_mlops.tracking import store
 
@@ -26,7 +27,10 @@ SCRIPTS = (
 
 # (overrides, the start of the one line that refuses them)
 INCONSISTENT = {
-    "metric/mode": (["registry.metric=val_loss"], "registry.mode=max disagrees"),
+    "metric/mode, both set": (
+        ["registry.metric=val_loss", "registry.mode=max"],
+        "registry.mode=max disagrees",
+    ),
     "floor outside the metric": (["registry.floor=1.5"], "registry.floor=1.5 is invalid"),
     "loss floor below 0": (
         ["registry.metric=val_loss", "registry.mode=min", "registry.floor=-0.1"],
@@ -79,6 +83,25 @@ def test_consistent_configs_still_run(overrides):
     validate(compose(overrides))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "followed"),
+    [
+        ([], {"train.lr_plateau_patience": 1, "registry.mode": "max"}),
+        (["train.patience=1"], {"train.lr_plateau_patience": 1}),
+        (["train.patience=6"], {"train.lr_plateau_patience": 5}),
+        (["registry.metric=val_loss"], {"registry.mode": "min"}),
+        (["+experiment=best"], {"train.lr_plateau_patience": 4}),  # set there: kept
+        (["train.lr_plateau_patience=2", "train.patience=5"], {"train.lr_plateau_patience": 2}),
+    ],
+)
+def test_a_key_left_null_follows_the_key_it_depends_on(overrides, followed):
+    """A default that depends on another key never refuses what the user typed."""
+    config = validate(compose(overrides))
+    assert {k: derived(config)[k] for k in followed} == followed
+    assert config.train.lr_plateau_patience == derived(config)["train.lr_plateau_patience"]
+    assert config.registry.mode == derived(config)["registry.mode"]
+
+
 def cli(script: str, tmp_path, root, env, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
@@ -112,7 +135,7 @@ def assert_refused(proc, script: str, *needles: str) -> str:
         (["model=resnet9000"], ("resnet9000", "cnn", "vgg")),  # unknown group option
         (["train.nonexistent=1"], ("train.nonexistent",)),  # unknown key
         (["model.filters=[32"], ("[32",)),  # an override that does not parse
-        (["registry.metric=val_loss"], ("registry.mode=max",)),
+        (["registry.metric=val_loss", "registry.mode=max"], ("registry.mode=max",)),
         (["data.max_val=3"], ("data.max_val=3",)),
         (["train.lr=1e999"], ("train.lr=inf",)),
     ],

@@ -29,6 +29,14 @@ def test_repro_tracks_everything_in_mlflow(smoke_project):
     [run] = runs(project)
     assert run.info.run_id == metrics["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["data.max_train"] == "512"
+    # Keys left null are logged as the run used them (they follow train.patience, the metric).
+    assert run.data.params["train.lr_plateau_patience"] == "1"
+    assert run.data.params["registry.mode"] == "max"
+    # What a rebuild needs (make reproduce): environment, machine, determinism, weights.
+    tags = run.data.tags
+    assert tags["train.op_determinism"] == "true" and len(tags["weights_sha256"]) == 64
+    assert {"env.uv_lock_sha256", "env.packages_sha256", "host.cpu_flags_sha256"} <= set(tags)
+    assert {f"data.split_sha256.{s}" for s in ("train", "val", "test")} <= set(tags)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     client = client_for(project)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]

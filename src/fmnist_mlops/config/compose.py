@@ -66,7 +66,7 @@ def validate(cfg: DictConfig) -> Config:
     """
     from pydantic import ValidationError
 
-    from fmnist_mlops.config.schema import cross_check, first_error
+    from fmnist_mlops.config.schema import cross_check, first_error, resolve_derived
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     try:
@@ -76,7 +76,7 @@ def validate(cfg: DictConfig) -> Config:
     problem = cross_check(typed)
     if problem:
         raise ConfigError(problem)
-    return typed
+    return resolve_derived(typed)
 
 
 def project_overrides(overrides: Iterable[str]) -> list[str]:

@@ -119,7 +119,7 @@ class TrainCfg(_Strict):
     monitor: Literal[MONITORS] = _f(f"one of {MONITORS}")
     patience: int = _f("an integer > 0", gt=0)
     lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
-    lr_plateau_patience: int = _f("an integer > 0", gt=0)
+    lr_plateau_patience: int | None = _f("null (follows train.patience) or an integer > 0", gt=0)
     verbose: Literal["auto", 0, 1, 2] = _f("auto, 0, 1 or 2")
     precision: Literal[PRECISIONS] = _f(f"one of {PRECISIONS}")
     distribute: Literal[STRATEGIES] = _f(f"one of {STRATEGIES}")
@@ -133,7 +133,7 @@ class RegistryCfg(_Strict):
     model_name: str = _f("a non-empty name", min_length=1)
     alias: str = _f("a non-empty alias", min_length=1)
     metric: Literal[METRICS] = _f(f"one of {METRICS}")
-    mode: Literal[MODES] = _f(f"one of {MODES}")
+    mode: Literal[MODES] | None = _f(f"null (the metric's direction) or one of {MODES}")
     min_delta: float = _f("a number >= 0", ge=0)
     floor: float = _f("a number")
     lock_url: str | None = _f(
@@ -219,6 +219,28 @@ def split_sizes(val_split: float) -> dict[str, int]:
     return {"train": TRAIN_IMAGES - n_val, "val": n_val, "test": TEST_IMAGES}
 
 
+def derived(cfg: Config) -> dict[str, Any]:
+    """Values of keys left null that follow another key, as the run uses them.
+
+    ``train.lr_plateau_patience`` follows ``train.patience`` (one fewer, at least 1) and
+    ``registry.mode`` follows ``registry.metric``.
+    """
+    return {
+        "train.lr_plateau_patience": cfg.train.lr_plateau_patience
+        if cfg.train.lr_plateau_patience is not None
+        else max(cfg.train.patience - 1, 1),
+        "registry.mode": cfg.registry.mode or METRIC_MODE[cfg.registry.metric],
+    }
+
+
+def resolve_derived(cfg: Config) -> Config:
+    """Fill the null keys of :func:`derived` in, so nothing below reads a null."""
+    values = derived(cfg)
+    cfg.train.lr_plateau_patience = values["train.lr_plateau_patience"]
+    cfg.registry.mode = values["registry.mode"]
+    return cfg
+
+
 def cross_check(cfg: Config) -> str | None:
     """The first inconsistency between fields of a valid config, as one line (None: none).
 
@@ -246,8 +268,11 @@ def cross_check(cfg: Config) -> str | None:
             f"train.batch_size={cfg.train.batch_size} is invalid: expected at most the "
             f"{train_images} training images"
         )
-    if cfg.train.lr_plateau_factor is not None and (
-        cfg.train.lr_plateau_patience >= cfg.train.patience
+    # Only values the user set are checked against each other: a null follows its key.
+    if (
+        cfg.train.lr_plateau_factor is not None
+        and cfg.train.lr_plateau_patience is not None
+        and cfg.train.lr_plateau_patience >= cfg.train.patience
     ):
         return (
             f"train.lr_plateau_patience={cfg.train.lr_plateau_patience} is invalid with "
@@ -255,7 +280,7 @@ def cross_check(cfg: Config) -> str | None:
             "chance to drop before early stopping ends the run), or train.lr_plateau_factor=null"
         )
     reg = cfg.registry
-    if reg.mode != METRIC_MODE[reg.metric]:
+    if reg.mode is not None and reg.mode != METRIC_MODE[reg.metric]:
         return (
             f"registry.mode={reg.mode} disagrees with registry.metric={reg.metric}: expected "
             f"registry.mode={METRIC_MODE[reg.metric]} (and registry.floor in its units)"

@@ -51,15 +51,21 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
     return flat
 
 
-def log_config(cfg: DictConfig) -> None:
+def log_config(cfg: DictConfig, resolved: Mapping[str, Any] | None = None) -> None:
     """Log every config value as a flattened dotted param and the whole config as a file.
 
     Secrets come from the environment, never from the config; should one be put there anyway,
     keys that look like secrets and passwords inside URIs are logged as ``***``.
+
+    Args:
+        cfg: The composed config.
+        resolved: Values of keys left null that follow another key (``schema.derived``): the
+            params show what the run used; ``config.yaml`` keeps the null, so a rerun with
+            another ``train.patience`` follows it again.
     """
     params: dict[str, Any] = {}
     flat = redact(flatten(cfg))
-    for key, value in flat.items():
+    for key, value in {**flat, **(resolved or {})}.items():
         text = str(value)
         params[key] = text if len(text) <= _MAX_PARAM_LEN else text[:_MAX_PARAM_LEN] + "..."
     mlflow.log_params(params)

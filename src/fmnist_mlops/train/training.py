@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import mlflow
 
-from fmnist_mlops.config.schema import Config
+from fmnist_mlops.config.schema import Config, derived
 from fmnist_mlops.runtime.errors import Interrupted, TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.runtime.files import write_json
 from fmnist_mlops.runtime.folders import writable_dir
@@ -213,7 +213,7 @@ def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=())
     if restored is not None:
         _log_missing_epochs(run_id, restored.history)
         return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
-    log_config(ctx.cfg)
+    log_config(ctx.cfg, derived(config))
     mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
     for name, x, y in (
