@@ -7,8 +7,10 @@ project; the rebuild runs that commit's own stage commands in a temporary worktr
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,7 +168,30 @@ def test_reproduce_rebuilds_versions_exactly_and_refuses_what_it_cannot(
         -4000:
     ]
     assert client.get_model_version(MODEL, "2").tags["reproduced"] == "exact"
+    rep2 = client.get_model_version(MODEL, "2").tags["reproduced_run"]
     assert "code" in done.stdout and "+ diff" in done.stdout
+
+    # An interrupted reproduction stops its stage, removes its worktree, records nothing.
+    proc = subprocess.Popen(
+        [sys.executable, "src/reproduce.py", f"reproduce.envs={envs}", "reproduce.version=2"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # bounded: the process ends, and with it the stream
+        if "reproduce: training (" in line:
+            break
+    time.sleep(3)  # inside the commit's own train stage
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "interrupted by SIGTERM" in err
+    assert _state(project)[1] == before[1] and not list((project / "scratch").glob("reproduce-*"))
+    leftover = sh(project, "pgrep", "-f", "reproduce-.*/tree", check=False).stdout.split()
+    assert leftover == [], "the commit's stage was stopped too"
+    assert client.get_model_version(MODEL, "2").tags["reproduced_run"] == rep2
 
     # 3. Refused in one line before any work (no worktree, nothing recorded), exit 2.
     artifacts = Path(client.get_run(v2.run_id).info.artifact_uri.removeprefix("file://"))
