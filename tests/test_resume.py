@@ -58,9 +58,15 @@ def test_same_command_resumes_the_same_run_with_a_continuous_history(tmp_path, s
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_after_epoch"] == str(state["epoch"])
-    for metric in ("loss", "val_loss", "accuracy", "val_accuracy"):
+    for metric in ("loss", "val_loss", "accuracy", "val_accuracy", "fit_elapsed_s"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
         assert steps == list(range(30)), f"{metric}: no duplicated or missing epochs"
+    # Training time is summed over both segments: it keeps growing across the resume.
+    elapsed = sorted(
+        client.get_metric_history(run.info.run_id, "fit_elapsed_s"), key=lambda m: m.step
+    )
+    assert all(a.value < b.value for a, b in zip(elapsed, elapsed[1:], strict=False))
+    assert elapsed[-1].value > run.data.metrics["fit_seconds"], "the first segment counts too"
     assert not backup.exists(), "a finished training removes its backup"
 
 

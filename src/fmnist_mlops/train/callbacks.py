@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import mlflow
 from fmnist_mlops.config.schema import TrainCfg
 from fmnist_mlops.runtime.errors import TrainingDiverged, raise_if_interrupted
 from fmnist_mlops.train.backup import as_number, read_files, rng_state, write_state
-from fmnist_mlops.train.history import logged_metrics
+from fmnist_mlops.train.history import ELAPSED, logged_metrics
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -44,6 +45,27 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: D102
         mlflow.log_metrics(logged_metrics(logs or {}), step=epoch, synchronous=True)
+
+
+class FitClock(keras.callbacks.Callback):
+    """Put the training's wall-clock seconds so far into each epoch's logs (``ELAPSED``).
+
+    Counted from the start of ``fit`` and continued from a resumed run's last epoch, so the
+    time to an accuracy is the training time it took, whatever was interrupted in between.
+    First in the chain: the backup and the MLflow logger see it.
+    """
+
+    def __init__(self, history: dict[str, list[float]]) -> None:
+        super().__init__()
+        done = history.get(ELAPSED) or [0.0]
+        self.offset, self.started = float(done[-1]), 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: D102
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
+        if logs is not None:
+            logs[ELAPSED] = self.offset + time.perf_counter() - self.started
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -231,7 +253,11 @@ def project_chain(
             restored=restored.plateau if restored else None,
         )
     state = [checkpoint, early, *([plateau] if plateau else [])]
-    chain: list[keras.callbacks.Callback] = [StopOnSignal(), FailOnNaN(train_cfg.lr)]
+    chain: list[keras.callbacks.Callback] = [
+        FitClock(history),
+        StopOnSignal(),
+        FailOnNaN(train_cfg.lr),
+    ]
     chain += state
     if backup is not None:
         chain.append(

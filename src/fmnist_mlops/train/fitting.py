@@ -28,7 +28,7 @@ from fmnist_mlops.train import callbacks as callbacks_lib
 from fmnist_mlops.train import platforms
 from fmnist_mlops.train.backup import EpochBackupSpec, ResumeState
 from fmnist_mlops.train.distribute import make_strategy, peers_guarded
-from fmnist_mlops.train.history import EPOCH_METRICS
+from fmnist_mlops.train.history import ELAPSED, EPOCH_METRICS
 
 
 def seed_everything(seed: int) -> None:
@@ -118,7 +118,7 @@ def fit(
         raise
     hist = {
         k: [float(v) for v in past.get(k, [])] + [float(v) for v in history.history.get(k, [])]
-        for k in EPOCH_METRICS
+        for k in (*EPOCH_METRICS, ELAPSED)
     }
     return model, hist, int(chain.early.best_epoch)
 

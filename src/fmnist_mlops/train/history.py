@@ -16,6 +16,11 @@ import numpy as np
 from fmnist_mlops.runtime.files import atomic, save_figure
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Training wall-clock seconds from the start of fit to the end of each epoch, summed over
+# resumed segments (``callbacks.FitClock``): logged each epoch, kept in the history.
+ELAPSED = "fit_elapsed_s"
+# Validation accuracies whose time-to-reach every run logs (``time_to_val_accuracy_<t>``).
+THRESHOLDS = (0.90, 0.92, 0.94, 0.95)
 
 
 def logged_metrics(logs: Mapping[str, float]) -> dict[str, float]:
@@ -24,7 +29,7 @@ def logged_metrics(logs: Mapping[str, float]) -> dict[str, float]:
     ``lr`` is the rate the epoch used (Keras reports it as ``learning_rate`` when a schedule or
     plateau callback changes it); a name Keras does not report is left out.
     """
-    values = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs}
+    values = {k: float(logs[k]) for k in (*EPOCH_METRICS, ELAPSED) if k in logs}
     if "learning_rate" in logs:
         values["lr"] = float(logs["learning_rate"])
     return values
@@ -58,3 +63,20 @@ def history_plot(history: dict[str, Sequence[float]], path: Path, best_epoch: in
         ax.legend()
     fig.suptitle("Training history")
     return save_figure(fig, path)
+
+
+def time_to_accuracy(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Seconds of training until validation accuracy first reached each of :data:`THRESHOLDS`.
+
+    Read from the per-epoch ``val_accuracy`` and :data:`ELAPSED`; a threshold never reached,
+    or a history without elapsed times (a backup from before they were kept), is left out.
+    """
+    accuracy, elapsed = history.get("val_accuracy", []), history.get(ELAPSED, [])
+    if len(elapsed) != len(accuracy):
+        return {}
+    reached = {}
+    for threshold in THRESHOLDS:
+        epoch = next((i for i, a in enumerate(accuracy) if a >= threshold), None)
+        if epoch is not None:
+            reached[f"time_to_val_accuracy_{threshold:.2f}"] = float(elapsed[epoch])
+    return reached

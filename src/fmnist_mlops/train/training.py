@@ -35,7 +35,12 @@ from fmnist_mlops.tracking.tags import run_tags
 from fmnist_mlops.train import backup, claims, cluster, provenance, workers
 from fmnist_mlops.train import callbacks as callbacks_lib
 from fmnist_mlops.train.fitting import fit, weights_sha256
-from fmnist_mlops.train.history import history_plot, logged_metrics, write_history
+from fmnist_mlops.train.history import (
+    history_plot,
+    logged_metrics,
+    time_to_accuracy,
+    write_history,
+)
 from fmnist_mlops.train.model_logging import log_served_model
 
 log = logging.getLogger(__name__)
@@ -260,6 +265,7 @@ def _fit_and_log(config: Config, splits, out, run_id, spec, restored, callbacks=
             "best_val_loss": summary["val_loss"],
             "best_val_accuracy": summary["val_accuracy"],
             "fit_seconds": fit_seconds,
+            **time_to_accuracy(hist),
         }
     )
     mlflow.set_tags({"weights_sha256": summary["weights_sha256"], **provenance.threads()})
