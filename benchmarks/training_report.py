@@ -43,6 +43,20 @@ def report(result: dict, precision: str) -> str:
     )
     if summary["seed"]:
         parts.append(training_table(summary["seed"], summary["project"], precision))
+    project = summary["project"]
+    logged = sorted(k for k in project if k.startswith("logged_to_val_"))
+    if logged:
+        parts.append(
+            "\n".join(
+                [
+                    "\n### The project's own time to accuracy (MLflow metrics "
+                    "`time_to_val_accuracy_<t>`: training seconds from the start of fit)\n",
+                    "| val accuracy ≥ | seconds |",
+                    "|---|---:|",
+                    *(f"| {k.rsplit('_', 1)[1]} | {fmt(project[k], 1)} |" for k in logged),
+                ]
+            )
+        )
     ratios = result.get("ratios")
     if ratios:
         rows = [

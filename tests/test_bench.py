@@ -83,3 +83,22 @@ def test_an_epochs_flops_count_its_validation_forwards():
 
     # 48,000 training images at 24.47 MFLOP, 12,000 validation images at 8.306 MFLOP each.
     assert epoch_gflop(24.47, 8.306, 0.2) == pytest.approx(1174.56 + 99.67, abs=0.01)
+
+
+def test_the_report_shows_the_projects_own_time_to_accuracy():
+    """`make bench` reads each run's logged time_to_val_accuracy_* metrics and prints them."""
+    mid = load_script("benchmarks/measure.py").mid
+    report = load_script("benchmarks/training_report.py").report
+    project = {
+        "wall_s": mid([60.0, 62.0]),
+        "logged_to_val_0.90": mid([11.0, 13.0]),
+        "logged_to_val_0.95": mid([None, None]),
+    }
+    result = {
+        "training_summary": {"seed": None, "project": project},
+        "matmul_ceiling_gflop_s": {"float32": 300.0, "bfloat16": 1500.0},
+        "mflop_per_image": {"forward": 8.3, "training": 24.5},
+    }
+    text = report(result, "bfloat16")
+    assert "| 0.90 | 12.0 (11.0–13.0) |" in text
+    assert "| 0.95 | never (2 of 2 runs) |" in text
