@@ -304,10 +304,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sh(project: Path, *cmd: str, check: bool = True, timeout: int = 900):
-    """Run ``cmd`` in ``project`` with the venv first on PATH; fail with its output."""
+def sh(
+    project: Path,
+    *cmd: str,
+    check: bool = True,
+    timeout: int = 900,
+    env: dict[str, str] | None = None,
+):
+    """Run ``cmd`` in ``project`` with the venv first on PATH; fail with its output.
+
+    ``env``: variables added to :func:`venv_env` (e.g. ``MLFLOW_TRACKING_URI``).
+    """
     result = subprocess.run(
-        cmd, cwd=project, capture_output=True, text=True, env=venv_env(), timeout=timeout
+        cmd,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=venv_env(**(env or {})),
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -148,10 +148,9 @@ def _walk(moves):
 def test_champion_history_keeps_every_move_and_rollbacks_walk_back_through_it(
     trained_runs, tmp_path
 ):
-    import subprocess
     import sys
 
-    from helpers import ROOT, venv_env
+    from helpers import ROOT, sh
 
     from fmnist_mlops.experiments.housekeeping import champion_chain, clean_runs
 
@@ -212,20 +211,8 @@ def test_champion_history_keeps_every_move_and_rollbacks_walk_back_through_it(
     assert history.read(client, name, "champion") == moves
 
     # make champion-history: a table of the nine moves, oldest first.
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "src/champion_history.py",
-            "+experiment=smoke",
-            f"mlflow.tracking_uri={uri}",
-        ],
-        cwd=ROOT,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr[-2000:]
+    history_cli = ("src/champion_history.py", "+experiment=smoke", f"mlflow.tracking_uri={uri}")
+    shown = sh(ROOT, sys.executable, *history_cli)
     lines = shown.stdout.strip().splitlines()
     assert lines[0] == "fashion-mnist-cnn@champion: 9 moves, now v1"
     rows = [line.split()[:5] for line in lines[2:]]

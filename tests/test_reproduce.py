@@ -78,20 +78,9 @@ def test_bad_settings_and_unknown_versions_are_refused_in_one_line(args, start, 
     from mlflow.tracking import MlflowClient
 
     MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # the user's store
-    done = subprocess.run(
-        [
-            sys.executable,
-            "src/reproduce.py",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
-            f"paths.scratch={tmp_path / 'scratch'}",
-            *args,
-        ],
-        cwd=ROOT,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"
+    scratch = f"paths.scratch={tmp_path / 'scratch'}"
+    done = sh(ROOT, sys.executable, "src/reproduce.py", store, scratch, *args, check=False)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert lines[0].startswith(f"reproduce: error: {start}"), lines[0]

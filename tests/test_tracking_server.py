@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from helpers import ROOT, copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import (
+    ROOT,
+    copy_project,
+    free_port,
+    http_process,
+    require_real_data,
+    sh,
+    venv_env,
+)
 
 from fmnist_mlops.tracking.server import backend_store_uri, server_command
 
@@ -144,14 +152,7 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path, rep
     assert run_id in ids and versions == 1
 
     # The champion's history lives in the server's store too: one promotion so far.
-    shown = subprocess.run(
-        [sys.executable, "src/champion_history.py"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert shown.returncode == 0, shown.stderr[-2000:]
+    shown = sh(project, sys.executable, "src/champion_history.py", env={"MLFLOW_TRACKING_URI": url})
     assert shown.stdout.splitlines()[0] == "fashion-mnist-cnn@champion: 1 move, now v1"
     with engine.connect() as conn:
         tags = conn.execute(
@@ -162,14 +163,13 @@ def test_smoke_pipeline_through_the_shared_server(tracking_server, tmp_path, rep
     assert [t[0] for t in tags] == ["alias_history.champion.000001"]
 
     # make reproduce through the server: the diff, config and checkpoint come back over HTTP.
-    done = subprocess.run(
-        [sys.executable, "src/reproduce.py", f"reproduce.envs={reproduce_envs}"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = sh(
+        project,
+        sys.executable,
+        "src/reproduce.py",
+        f"reproduce.envs={reproduce_envs}",
+        env={"MLFLOW_TRACKING_URI": url},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["verdict"] == "exact", done.stdout
     version = api(url, "model-versions/get", name="fashion-mnist-cnn", version="1")
     tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}

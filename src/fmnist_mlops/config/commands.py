@@ -65,28 +65,29 @@ class TuneConfig(_Strict):
     tune: TuneCfg
 
 
+def _section(key: str, section: Any, model: type[_Strict]) -> Any:
+    """``section`` (the command's ``key`` group) validated by ``model``; one line on error."""
+    data = {key: OmegaConf.to_container(section, resolve=True)}
+    try:
+        return getattr(model.model_validate(data), key)
+    except ValidationError as exc:
+        raise ConfigError(first_error(data, exc, model)) from None
+
+
 def validate_tune(tune_cfg: Any) -> TuneCfg:
     """Check ``tune`` against :class:`schema.TuneCfg` and its space; one line on error.
 
     Returns:
         The typed ``tune`` config the tuner reads from then on.
     """
-    data = {"tune": OmegaConf.to_container(tune_cfg, resolve=True)}
-    try:
-        typed = TuneConfig.model_validate(data).tune
-    except ValidationError as exc:
-        raise ConfigError(first_error(data, exc, TuneConfig)) from None
+    typed = _section("tune", tune_cfg, TuneConfig)
     check_space(typed.space)
     return typed
 
 
 def validate_reproduce(reproduce_cfg: Any) -> ReproduceCfg:
     """Check ``reproduce`` against :class:`schema.ReproduceCfg`; one line on error."""
-    data = {"reproduce": OmegaConf.to_container(reproduce_cfg, resolve=True)}
-    try:
-        typed = ReproduceConfig.model_validate(data).reproduce
-    except ValidationError as exc:
-        raise ConfigError(first_error(data, exc, ReproduceConfig)) from None
+    typed = _section("reproduce", reproduce_cfg, ReproduceConfig)
     if (isinstance(typed.version, int) and typed.version < 1) or not str(typed.version).strip():
         raise ConfigError(
             f"reproduce.version={typed.version}: expected a version number >= 1 or an alias"

@@ -33,6 +33,7 @@ from fmnist_mlops.runtime.paths import resolve
 from fmnist_mlops.tracking import store
 from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.databases import hide_password
+from fmnist_mlops.tracking.runs import RAW_DIGEST_TAG
 from fmnist_mlops.train.history import EPOCH_METRICS, history_plot
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def _result_sections(client, run, model, splits, test) -> list[str]:
     ]
     notes = []
     if not all(
-        run.data.tags.get(f"data.sha256.{k}") == v for k, v in splits.meta["sha256"].items()
+        run.data.tags.get(f"{RAW_DIGEST_TAG}{k}") == v for k, v in splits.meta["sha256"].items()
     ):
         notes.append("The champion's run was trained on other raw files than this split's.")
     if "test_accuracy" in logged and abs(logged["test_accuracy"] - test.accuracy) > 1e-6:

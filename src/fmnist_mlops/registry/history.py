@@ -78,9 +78,8 @@ def command_line() -> str:
     return " ".join(argv)[:_MAX_TEXT]
 
 
-def append(client: MlflowClient, name: str, alias: str, **fields: Any) -> Move:
-    """Record a move as the next entry of the history. Call it holding the registry lock."""
-    past = read(client, name, alias)
+def append(client: MlflowClient, name: str, alias: str, past: list[Move], **fields: Any) -> Move:
+    """Record a move after ``past`` (the history as read). Call it holding the registry lock."""
     fields.setdefault("command", command_line())
     fields["reason"] = str(fields.get("reason", ""))[:_MAX_TEXT]
     move = Move(
@@ -114,6 +113,7 @@ def reconcile(client: MlflowClient, name: str, alias: str) -> list[Move]:
             client,
             name,
             alias,
+            moves,
             kind="adopted",
             from_version=int(previous) if previous else None,
             to_version=holder,
@@ -124,6 +124,7 @@ def reconcile(client: MlflowClient, name: str, alias: str) -> list[Move]:
             client,
             name,
             alias,
+            moves,
             kind="manual",
             from_version=recorded,
             to_version=holder,
@@ -204,8 +205,9 @@ def champion_history(ctx: Any) -> None:
     """``make champion-history``: print the alias' moves as a table (nothing is written)."""
     reg = ctx.config.registry
     ctx.track()
-    moves = read(MlflowClient(), reg.model_name, reg.alias)
-    champ = current_champion(MlflowClient(), reg.model_name, reg.alias)
+    client = MlflowClient()
+    moves = read(client, reg.model_name, reg.alias)
+    champ = current_champion(client, reg.model_name, reg.alias)
     print(table(moves, reg.model_name, reg.alias))
     holder = int(champ.version) if champ is not None else None
     if moves and holder != moves[-1].to_version:

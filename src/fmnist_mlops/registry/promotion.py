@@ -127,7 +127,8 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
 
     x, y = splits.x_val, splits.y_val
     candidate = assess(load_network(run_info["model_uri"]), x, y).metric(reg.metric)
-    history.reconcile(client, reg.model_name, reg.alias)  # a move by hand since the last one
+    # A move by hand since the last command is recorded first.
+    moves = history.reconcile(client, reg.model_name, reg.alias)
     champ = current_champion(client, reg.model_name, reg.alias)
     champion = None
     if champ is not None:
@@ -154,6 +155,7 @@ def _compare_register_move(client, reg, run_info: dict[str, Any], splits) -> dic
             client,
             reg.model_name,
             reg.alias,
+            moves,
             kind="promote",
             from_version=int(champ.version) if champ is not None else None,
             to_version=int(version.version),
@@ -212,6 +214,7 @@ def rollback(ctx: StageContext) -> dict[str, Any]:
             client,
             name,
             alias,
+            moves,
             kind="rollback",
             from_version=holder,
             to_version=target,

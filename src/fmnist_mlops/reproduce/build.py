@@ -18,13 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from fmnist_mlops.runtime.errors import DataError, ProjectError
+from fmnist_mlops.runtime.errors import ProjectError
 from fmnist_mlops.runtime.files import file_lock
 
 # Environment variables of the caller that must not reach the commit's stages.
@@ -40,7 +40,16 @@ _DROPPED_ENV = (
 
 
 class BuildError(ProjectError):
-    """A step of the rebuild failed (its command's last line says why)."""
+    """A step of the rebuild failed (its command's last line says why).
+
+    Attributes:
+        code: The failed command's exit code (None: no command ran).
+        last: The last line it wrote.
+    """
+
+    def __init__(self, message: str, code: int | None = None, last: str = "") -> None:
+        super().__init__(message)
+        self.code, self.last = code, last
 
 
 @contextlib.contextmanager
@@ -93,7 +102,8 @@ def environment(tree: Path, envs: Path, uv: Path) -> tuple[Path, bool]:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     key = hashlib.sha256(lock.read_bytes() + project.read_bytes() + python.encode()).hexdigest()
     env_dir = envs / f"py{python}-{key[:16]}"
-    extras = [e for e in ("cpu",) if f"\n{e} = " in project.read_text()]
+    offered = tomllib.loads(project.read_text()).get("project", {}).get("optional-dependencies", {})
+    extras = [e for e in ("cpu",) if e in offered]
     with file_lock(envs / f".{env_dir.name}.lock"):
         ready = (env_dir / ".synced").is_file()
         if not ready:
@@ -136,16 +146,14 @@ def run_stage(cmd: str, tree: Path, bin_dir: Path, env: dict[str, str], log: Pat
     run_logged(["bash", "-c", cmd], tree, full, log, cmd.split(" -cd ")[0])
 
 
-def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what: str) -> float:
-    """Run ``cmd`` to its end in its own process group, output to ``log``; its wall seconds.
+def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what: str) -> None:
+    """Run ``cmd`` to its end in its own process group, output to ``log``.
 
     An interruption stops the whole group (a stage and the processes it started).
 
     Raises:
         BuildError: It failed; the message ends with the last line it wrote.
-        DataError: It failed with a data error of the commit's own ``prepare``.
     """
-    started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -162,12 +170,11 @@ def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what: 
             raise
     if code != 0:
         last = _last(log.read_text(errors="replace"))
-        if "prepare" in what and code == 2:
-            raise DataError(f"data mismatch: the commit's prepare refused the data: {last}")
         raise BuildError(
-            f"{what} failed (exit {code}): {last} (reproduce.keep=true keeps its log, {log.name})"
+            f"{what} failed (exit {code}): {last} (reproduce.keep=true keeps its log, {log.name})",
+            code,
+            last,
         )
-    return time.perf_counter() - started
 
 
 def _clean_env() -> dict[str, str]:

@@ -7,12 +7,14 @@ epoch (or figure) that is off and by how much.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fmnist_mlops.config.commands import ToleranceCfg
 from fmnist_mlops.train.history import EPOCH_METRICS as EPOCH_KEYS
+
+# What each side's run logged at its end and the table shows (besides epochs and weights).
+SUMMARY_METRICS = ("test_accuracy", "test_loss", "best_epoch", "epochs_trained", "fit_seconds")
 
 
 @dataclass
@@ -108,11 +110,7 @@ def _at(epochs: dict[str, list[float]], key: str, epoch: int) -> float | None:
 def _mark(a: Any, b: Any) -> str:
     if a is None or b is None:
         return "not recorded" if a is None else "not rebuilt"
-    if (
-        isinstance(a, float)
-        and isinstance(b, float)
-        and not math.isclose(a, b, rel_tol=0, abs_tol=0)
-    ):
+    if isinstance(a, float) and isinstance(b, float) and a != b:
         return f"{b - a:+.4g}"
     return "same" if a == b else "differs"
 

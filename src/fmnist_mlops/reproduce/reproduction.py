@@ -86,7 +86,7 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
         env = {"MLFLOW_TRACKING_URI": store_uri, **_thread_env(src.tags)}
         logs = tree.parent
         started = time.perf_counter()
-        build.run_stage(commands["prepare"], tree, bin_dir, env, logs / "prepare.log")
+        _prepare(commands["prepare"], tree, bin_dir, env, logs / "prepare.log")
         data_rows = _check_data(tree / "data" / "prepared", src)
         seconds["data"] = time.perf_counter() - started
         for phase, stage in (("training", "train"), ("evaluation", "evaluate")):
@@ -95,14 +95,7 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
             build.run_stage(commands[stage], tree, bin_dir, env, logs / f"{stage}.log")
             seconds[phase] = time.perf_counter() - started
         started = time.perf_counter()
-        rebuilt_client = MlflowClient(store_uri, registry_uri=store_uri)
-        rebuilt_id = json.loads((tree / RUN_FILE).read_text())["run_id"]
-        rebuilt_run = rebuilt_client.get_run(rebuilt_id)
-        rebuilt = _rebuilt_summary(rebuilt_client, rebuilt_run, tree / MODEL_FILE)
-        recorded = _recorded_summary(src, tree.parent / "recorded")
-        judged = comparison.compare(recorded, rebuilt, settings.tolerance)
-        context = _context_rows(src, rebuilt_run.data.tags, tree, reused, data_rows)
-        text = comparison.table(judged, context)
+        judged, rebuilt, text = _judge(src, tree, store_uri, settings, reused, data_rows)
         seconds["comparison"] = time.perf_counter() - started
     seconds["total"] = sum(seconds[p] for p in PHASES)
     text += "\nwall time: " + ", ".join(f"{p} {seconds[p]:.1f} s" for p in (*PHASES, "total"))
@@ -118,6 +111,24 @@ def reproduce(ctx: StageContext, settings: ReproduceCfg) -> dict[str, Any]:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "not_recorded": src.missing,
     }
+
+
+def _judge(src, tree: Path, store_uri: str, settings: ReproduceCfg, reused: bool, data_rows):
+    """Compare the rebuilt run (in the throwaway store) with the record: verdict, side, table."""
+    rebuilt_client = MlflowClient(store_uri, registry_uri=store_uri)
+    rebuilt_id = json.loads((tree / RUN_FILE).read_text())["run_id"]
+    rebuilt_run = rebuilt_client.get_run(rebuilt_id)
+    rebuilt = _side(
+        rebuilt_run.data.metrics,
+        source.epoch_metrics(rebuilt_client, rebuilt_id),
+        tree / MODEL_FILE,
+    )
+    recorded = _side(
+        src.metrics, src.epochs, source.checkpoint(src.run_id, tree.parent / "recorded")
+    )
+    judged = comparison.compare(recorded, rebuilt, settings.tolerance)
+    context = _context_rows(src, rebuilt_run.data.tags, tree, reused, data_rows)
+    return judged, rebuilt, comparison.table(judged, context)
 
 
 def _uv() -> Path:
@@ -145,6 +156,18 @@ def _write_params(tree: Path, config_text: str, store_uri: str) -> None:
     cfg["paths"]["scratch"] = "scratch"
     cfg["run_id"] = None
     (tree / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _prepare(cmd: str, tree: Path, bin_dir: Path, env: dict[str, str], log: Path) -> None:
+    """The commit's ``prepare``; its refusal of the data (exit 2) is a data mismatch."""
+    try:
+        build.run_stage(cmd, tree, bin_dir, env, log)
+    except build.BuildError as exc:
+        if exc.code == 2:
+            raise DataError(
+                f"data mismatch: the commit's prepare refused the data: {exc.last}"
+            ) from None
+        raise
 
 
 def _thread_env(tags: dict[str, str]) -> dict[str, str]:
@@ -199,21 +222,11 @@ def checkpoint_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _recorded_summary(src: source.Source, folder: Path) -> dict[str, Any]:
-    found = source.summary(src)
-    found["weights_sha256"] = checkpoint_sha256(source.checkpoint(src.run_id, folder))
-    return {**found, "epochs": src.epochs}
-
-
-def _rebuilt_summary(client: MlflowClient, run, model: Path) -> dict[str, Any]:
-    metrics = run.data.metrics
+def _side(metrics: dict[str, float], epochs: dict[str, list[float]], model: Path) -> dict:
+    """One side of the comparison: its run's metrics, epochs and best checkpoint's digest."""
     return {
-        "epochs": source.epoch_metrics(client, run.info.run_id),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "test_loss": metrics.get("test_loss"),
-        "best_epoch": metrics.get("best_epoch"),
-        "epochs_trained": metrics.get("epochs_trained"),
-        "fit_seconds": metrics.get("fit_seconds"),
+        **{key: metrics.get(key) for key in comparison.SUMMARY_METRICS},
+        "epochs": epochs,
         "weights_sha256": checkpoint_sha256(model),
     }
 
@@ -253,16 +266,12 @@ def _record(client, src, judged, rebuilt, text: str, seconds: dict[str, float]) 
     name = f"reproduce {src.name} v{src.version}"
     with mlflow.start_run(experiment_id=src.experiment_id, run_name=name, tags=tags) as run:
         try:
-            for key, values in rebuilt["epochs"].items():
-                for epoch, value in enumerate(values):
-                    mlflow.log_metric(key, value, step=epoch)
-            mlflow.log_metrics(
-                {
-                    k: float(rebuilt[k])
-                    for k in ("test_accuracy", "test_loss", "fit_seconds")
-                    if rebuilt.get(k) is not None
-                }
-            )
+            epochs = rebuilt["epochs"]
+            for epoch in range(max((len(v) for v in epochs.values()), default=0)):
+                at = {k: v[epoch] for k, v in epochs.items() if epoch < len(v)}
+                mlflow.log_metrics(at, step=epoch)
+            final = {k: rebuilt[k] for k in ("test_accuracy", "test_loss", "fit_seconds")}
+            mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None})
             mlflow.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
             mlflow.log_text(text, "reproduce/comparison.txt")
             mlflow.log_dict(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -20,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from fmnist_mlops.runtime.errors import RegistryError
 from fmnist_mlops.runtime.paths import MODEL_FILE
 from fmnist_mlops.tracking.logged_params import CONFIG_ARTIFACT
+from fmnist_mlops.tracking.runs import RAW_DIGEST_TAG
 from fmnist_mlops.tracking.tags import diff_sha256
+from fmnist_mlops.train import provenance
 from fmnist_mlops.train.history import EPOCH_METRICS as EPOCH_KEYS
 from fmnist_mlops.train.provenance import DIFF_ARTIFACT
 
@@ -28,21 +29,7 @@ from fmnist_mlops.train.provenance import DIFF_ARTIFACT
 CHECKPOINT_ARTIFACT = f"checkpoints/{MODEL_FILE.name}"
 
 # Fields recorded on training runs since `make reproduce` exists: an older version lacks them.
-LATER_FIELDS = (
-    "weights_sha256",
-    "env.uv_lock_sha256",
-    "env.packages_sha256",
-    "env.python",
-    "host.cpu_model",
-    "host.cpu_flags_sha256",
-    "host.cpus_usable",
-    "threads.intra_op",
-    "threads.inter_op",
-    "train.op_determinism",
-    "data.split_sha256.train",
-    "data.split_sha256.val",
-    "data.split_sha256.test",
-)
+LATER_FIELDS = provenance.REBUILD_TAGS
 
 
 @dataclass
@@ -65,14 +52,16 @@ class Source:
     @property
     def data_digests(self) -> dict[str, str]:
         """The raw files' digests: ``{"train-images": sha256, ...}``."""
-        prefix = "data.sha256."
-        return {k[len(prefix) :]: v for k, v in self.tags.items() if k.startswith(prefix)}
+        return _prefixed(self.tags, RAW_DIGEST_TAG)
 
     @property
     def split_digests(self) -> dict[str, str]:
         """Each prepared split's digest (recorded since the reproduction exists)."""
-        prefix = "data.split_sha256."
-        return {k[len(prefix) :]: v for k, v in self.tags.items() if k.startswith(prefix)}
+        return _prefixed(self.tags, provenance.SPLIT_DIGEST_TAG)
+
+
+def _prefixed(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix)}
 
 
 def resolve_version(client: MlflowClient, name: str, version: int | str):
@@ -82,8 +71,7 @@ def resolve_version(client: MlflowClient, name: str, version: int | str):
             return client.get_model_version(name, str(version))
         return client.get_model_version_by_alias(name, str(version))
     except MlflowException:
-        kind = "version" if str(version).isdigit() else "alias @"
-        what = f"version {version}" if kind == "version" else f"alias @{version}"
+        what = f"version {version}" if str(version).isdigit() else f"alias @{version}"
         raise RegistryError(
             f"reproduce.version={version}: {name} has no {what} "
             f"(make champion-history lists the versions that held the alias)"
@@ -107,9 +95,9 @@ def read_source(client: MlflowClient, name: str, version: int | str, repo: Path)
             f"{where}: its run is gone from the store: nothing to rebuild"
         ) from None
     tags = dict(run.data.tags)
-    needed = [k for k in ("git_commit",) if not tags.get(k)]
-    if not any(k.startswith("data.sha256.") for k in tags):
-        needed.append("data.sha256.*")
+    needed = [] if tags.get("git_commit") else ["git_commit"]
+    if not _prefixed(tags, RAW_DIGEST_TAG):
+        needed.append(f"{RAW_DIGEST_TAG}*")
     config_text = _artifact_text(mv.run_id, CONFIG_ARTIFACT)
     if config_text is None:
         needed.append(CONFIG_ARTIFACT)
@@ -187,15 +175,3 @@ def checkpoint(run_id: str, dest: Path) -> Path:
             run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dest)
         )
     )
-
-
-def summary(source: Source) -> dict[str, Any]:
-    """The fields the comparison reads: test metrics, best epoch and the weights' digest."""
-    return {
-        "test_accuracy": source.metrics.get("test_accuracy"),
-        "test_loss": source.metrics.get("test_loss"),
-        "best_epoch": source.metrics.get("best_epoch"),
-        "epochs_trained": source.metrics.get("epochs_trained"),
-        "fit_seconds": source.metrics.get("fit_seconds"),
-        "weights_sha256": source.tags.get("weights_sha256"),
-    }

@@ -19,6 +19,9 @@ from fmnist_mlops.tracking.databases import (
 
 log = logging.getLogger(__name__)
 
+# A training run's tag per raw IDX file, ``data.sha256.<file>``: the SHA-256 it was trained on.
+RAW_DIGEST_TAG = "data.sha256."
+
 
 def mark_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark KILLED the RUNNING runs of this host whose process is gone (e.g. after SIGKILL).
@@ -118,9 +121,9 @@ def _check_trained_on(run: Any, meta: dict[str, Any]) -> None:
     from fmnist_mlops.runtime.errors import ConfigError
 
     run_id = run.info.run_id
-    logged = {k: v for k, v in run.data.tags.items() if k.startswith("data.sha256.")}
+    logged = {k: v for k, v in run.data.tags.items() if k.startswith(RAW_DIGEST_TAG)}
     logged.update({k: v for k, v in run.data.params.items() if k.startswith("data.")})
-    found = {f"data.sha256.{name}": digest for name, digest in meta["sha256"].items()}
+    found = {f"{RAW_DIGEST_TAG}{name}": digest for name, digest in meta["sha256"].items()}
     found["data.val_split"] = str(meta["val_split"])
     found["data.split_seed"] = str(meta["split_seed"])
     found.update({f"data.max_{k}": str(v) for k, v in meta["max"].items()})

@@ -19,7 +19,7 @@ from typing import Any
 
 import mlflow
 
-from fmnist_mlops.data.splits import split_sha256
+from fmnist_mlops.data.splits import SPLITS, split_sha256
 from fmnist_mlops.runtime.paths import project_root
 from fmnist_mlops.tracking.tags import diff_sha256, uncommitted_diff
 from fmnist_mlops.train.platforms import cpu_flags
@@ -32,6 +32,9 @@ MACHINE_ARTIFACT = "environment/machine.json"
 # Environment variables that set how many threads the maths uses.
 THREAD_VARS = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
+# Each prepared split's digest, ``data.split_sha256.<split>`` (beside the raw files' tags).
+SPLIT_DIGEST_TAG = "data.split_sha256."
+
 # Tags a machine is compared on: equal on both sides = the same machine class.
 MACHINE_TAGS = (
     "host.cpu_model",
@@ -41,6 +44,16 @@ MACHINE_TAGS = (
     "threads.inter_op",
     "env.python",
     "train.op_determinism",
+)
+
+
+# What :func:`record` and the train stage add for a rebuild (absent on older runs).
+REBUILD_TAGS = (
+    "weights_sha256",
+    "env.uv_lock_sha256",
+    "env.packages_sha256",
+    *MACHINE_TAGS,
+    *(f"{SPLIT_DIGEST_TAG}{name}" for name in SPLITS),
 )
 
 
@@ -115,7 +128,7 @@ def record(prepared: Path, root: Path | None = None) -> dict[str, str]:
     described = machine()
     pins = packages()
     tags = {k: v for k, v in described.items() if k != "cpu_flags"}
-    tags.update({f"data.split_sha256.{k}": v for k, v in split_sha256(prepared).items()})
+    tags.update({f"{SPLIT_DIGEST_TAG}{k}": v for k, v in split_sha256(prepared).items()})
     tags["env.packages_sha256"] = hashlib.sha256("\n".join(pins).encode()).hexdigest()
     lock = root / "uv.lock"
     if lock.is_file():

@@ -29,7 +29,12 @@ from fmnist_mlops.runtime.paths import (
 from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext
 from fmnist_mlops.tracking.logged_params import log_config
-from fmnist_mlops.tracking.runs import mark_orphaned_runs, run_exists, run_record
+from fmnist_mlops.tracking.runs import (
+    RAW_DIGEST_TAG,
+    mark_orphaned_runs,
+    run_exists,
+    run_record,
+)
 from fmnist_mlops.tracking.scratch import out_dir
 from fmnist_mlops.tracking.tags import run_tags
 from fmnist_mlops.train import backup, claims, cluster, provenance, workers
@@ -219,7 +224,7 @@ def _tracked_training(ctx: StageContext, out, run, spec, restored, callbacks=())
         _log_missing_epochs(run_id, restored.history)
         return _fit_and_log(config, splits, out, run_id, spec, restored, callbacks)
     log_config(ctx.cfg, derived(config))
-    mlflow.set_tags({f"data.sha256.{k}": v for k, v in splits.meta["sha256"].items()})
+    mlflow.set_tags({f"{RAW_DIGEST_TAG}{k}": v for k, v in splits.meta["sha256"].items()})
     mlflow.set_tag("data.source", splits.meta["source"])
     for name, x, y in (
         ("train", splits.x_train, splits.y_train),
