@@ -52,6 +52,10 @@ INCONSISTENT = {
         ["train.patience=3", "train.lr_plateau_patience=3"],
         "train.lr_plateau_patience=3 is invalid",
     ),
+    "plateau patience under the one-cycle schedule": (
+        ["train.schedule=onecycle", "train.lr_plateau_patience=2"],
+        "train.lr_plateau_patience=2 is invalid with train.schedule=onecycle",
+    ),
     "inf": (["train.lr=inf"], "train.lr=inf is invalid: expected a finite number"),
     "nan": (["data.val_split=nan"], "data.val_split=nan is invalid: expected a finite number"),
     "overflowing literal": (["registry.min_delta=1e999"], "registry.min_delta=inf is invalid"),
@@ -92,6 +96,8 @@ def test_consistent_configs_still_run(overrides):
         (["registry.metric=val_loss"], {"registry.mode": "min"}),
         (["+experiment=best"], {"train.lr_plateau_patience": 4}),  # set there: kept
         (["train.lr_plateau_patience=2", "train.patience=5"], {"train.lr_plateau_patience": 2}),
+        # No plateau under the one-cycle schedule: nothing to follow, nothing to refuse.
+        (["train.schedule=onecycle", "train.patience=1"], {"train.lr_plateau_patience": None}),
     ],
 )
 def test_a_key_left_null_follows_the_key_it_depends_on(overrides, followed):

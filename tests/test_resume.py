@@ -182,6 +182,7 @@ def InterruptAt(epoch: int, mid_epoch: bool):  # noqa: N802 - stands for the cla
     return InterruptAt()
 
 
+LEVERS = ["train.ema=0.9", "train.schedule=onecycle", "train.label_smoothing=0.1"]
 EXACT_CASES = {
     # Augmented batches, interrupted once epoch 0 is backed up.
     "augment-after-epoch-0": (["train.augment.flip=true", "train.augment.erase=0.5"], 0, False),
@@ -192,6 +193,13 @@ EXACT_CASES = {
         True,
     ),
     "vgg-mid-epoch-2": (["model=vgg", "train.batch_size=6"], 2, True),
+    # The backups hold the weight average swapped in; the one-cycle rate follows the step.
+    "ema-onecycle-after-epoch-0": (
+        [*LEVERS, "model.tta_shift=1"],
+        0,
+        False,
+    ),
+    "ema-onecycle-mid-epoch-2": ([*LEVERS, "train.batch_size=6"], 2, True),
 }
 
 

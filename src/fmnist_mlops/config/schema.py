@@ -6,6 +6,7 @@ created. A violation becomes one line: ``key=value is invalid: expected <what is
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -13,18 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # Fashion-MNIST, the one place its facts are written (the config is checked against them, every
 # layer imports them from here). Only the served model's own code (model/pyfunc_model.py,
 # copied into every logged model, which must not import this package) repeats the image shape.
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+# fmt: off
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")
+# fmt: on
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (28, 28)  # grayscale, raw 0-255 pixels
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
@@ -36,6 +29,7 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
 HEADS = ("flatten", "global_avg")
+SCHEDULES = ("plateau", "onecycle")
 MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
 # Which way each registry metric improves, and the values it can take.
 METRIC_MODE = {"val_accuracy": "max", "val_loss": "min"}
@@ -92,6 +86,7 @@ class ModelCfg(_Strict):
     batch_norm: bool = _f("true or false")
     block_dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
     head: Literal[HEADS] = _f(f"one of {HEADS}")
+    tta_shift: int = _f("an integer number of pixels in [0, 4]", ge=0, le=4)
 
     @field_validator("filters")
     @classmethod
@@ -120,6 +115,10 @@ class TrainCfg(_Strict):
     patience: int = _f("an integer > 0", gt=0)
     lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
     lr_plateau_patience: int | None = _f("null (follows train.patience) or an integer > 0", gt=0)
+    schedule: Literal[SCHEDULES] = _f(f"one of {SCHEDULES}")
+    lr_warmup: float = _f("a fraction of the training steps in [0, 1)", ge=0, lt=1)
+    label_smoothing: float = _f("a number in [0, 0.5)", ge=0, lt=0.5)
+    ema: float | None = _f("null (off) or a momentum in (0, 1)", gt=0, lt=1)
     verbose: Literal["auto", 0, 1, 2] = _f("auto, 0, 1 or 2")
     precision: Literal[PRECISIONS] = _f(f"one of {PRECISIONS}")
     distribute: Literal[STRATEGIES] = _f(f"one of {STRATEGIES}")
@@ -213,8 +212,6 @@ def split_sizes(val_split: float) -> dict[str, int]:
 
     As scikit-learn's ``train_test_split`` sizes them (the validation part rounded up).
     """
-    import math
-
     n_val = math.ceil(val_split * TRAIN_IMAGES)
     return {"train": TRAIN_IMAGES - n_val, "val": n_val, "test": TEST_IMAGES}
 
@@ -222,15 +219,19 @@ def split_sizes(val_split: float) -> dict[str, int]:
 def derived(cfg: Config) -> dict[str, Any]:
     """Values of keys left null that follow another key, as the run uses them.
 
-    ``train.lr_plateau_patience`` follows ``train.patience`` (one fewer, at least 1) and
-    ``registry.mode`` follows ``registry.metric``.
+    ``train.lr_plateau_patience`` follows ``train.patience`` (one fewer, at least 1; none under
+    the one-cycle schedule) and ``registry.mode`` follows ``registry.metric``.
     """
     return {
-        "train.lr_plateau_patience": cfg.train.lr_plateau_patience
-        if cfg.train.lr_plateau_patience is not None
-        else max(cfg.train.patience - 1, 1),
+        "train.lr_plateau_patience": _plateau_patience(cfg.train),
         "registry.mode": cfg.registry.mode or METRIC_MODE[cfg.registry.metric],
     }
+
+
+def _plateau_patience(train: TrainCfg) -> int | None:
+    if train.lr_plateau_patience is not None or train.schedule != "plateau":
+        return train.lr_plateau_patience  # the one-cycle schedule has no plateau to watch
+    return max(train.patience - 1, 1)
 
 
 def resolve_derived(cfg: Config) -> Config:
@@ -242,11 +243,10 @@ def resolve_derived(cfg: Config) -> Config:
 
 
 def cross_check(cfg: Config) -> str | None:
-    """The first inconsistency between fields of a valid config, as one line (None: none).
+    """The first impossible combination of valid fields, as one line (None: none).
 
-    Each field may be fine alone and the combination still impossible: a subset larger than
-    its split, a batch larger than the training set, a metric/mode pair that promotes worse
-    models.
+    A subset larger than its split, a batch larger than the training set, a metric/mode pair
+    that promotes worse models, a plateau setting the schedule does not use.
     """
     sizes = split_sizes(cfg.data.val_split)
     for split, size in sizes.items():
@@ -269,6 +269,12 @@ def cross_check(cfg: Config) -> str | None:
             f"{train_images} training images"
         )
     # Only values the user set are checked against each other: a null follows its key.
+    if cfg.train.schedule == "onecycle" and cfg.train.lr_plateau_patience is not None:
+        return (
+            f"train.lr_plateau_patience={cfg.train.lr_plateau_patience} is invalid with "
+            "train.schedule=onecycle (its rate follows the step, not a plateau): remove it, "
+            "or set train.schedule=plateau"
+        )
     if (
         cfg.train.lr_plateau_factor is not None
         and cfg.train.lr_plateau_patience is not None

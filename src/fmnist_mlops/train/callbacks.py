@@ -193,6 +193,31 @@ class RestoredReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             self.cooldown_counter = int(self._restored["cooldown_counter"])
 
 
+class EmaWeights(keras.callbacks.SwapEMAWeights):
+    """The averaged weights (``train.ema``) in the model for validation and every epoch's end.
+
+    Keras swaps them in only at the end of ``fit``; here validation, the best-only checkpoint,
+    early stopping (and the weights it restores) and the backup all see them. Backups thus hold
+    the averages in the model and the raw weights in the optimizer: :func:`unswap` turns a
+    restored backup back before training continues.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(swap_on_epoch=True)
+
+    def _swap_variables(self) -> None:
+        # Keras' TensorFlow swap is arithmetic (a + b - b), which rounds the raw weights a
+        # little at every swap; through a copy the training steps are exactly those without EMA.
+        self._apply_to_ema_optimizers(self._backend_swap_variables, self._backend_swap_variables)
+
+
+def unswap(model: keras.Model) -> None:
+    """Swap a model restored from an :class:`EmaWeights` backup back to its raw weights."""
+    swap = EmaWeights()
+    swap.set_model(model)
+    swap._swap_variables()
+
+
 @dataclass(frozen=True)
 class Chain:
     """The callbacks of one training, in their required order, and the ones fit reads back."""
@@ -212,9 +237,10 @@ def project_chain(
 ) -> Chain:
     """Build the project's callbacks in the order the resume logic depends on.
 
-    Signals and NaN first; then the best-only checkpoint, early stopping and the LR plateau
-    (their state changes at the end of an epoch); then :class:`EpochBackup`, which saves that
-    state; then ``extra`` (the tracked training's :class:`MlflowEpochLogger` first).
+    Signals and NaN first; then the EMA swap (``train.ema``); then the best-only checkpoint,
+    early stopping and the LR plateau (their state changes at the end of an epoch); then
+    :class:`EpochBackup`, which saves that state; then ``extra`` (the tracked training's
+    :class:`MlflowEpochLogger` first).
 
     Args:
         train_cfg: The ``train`` config group.
@@ -242,7 +268,7 @@ def project_chain(
         best_weights=best_weights,
     )
     plateau = None
-    if train_cfg.lr_plateau_factor:
+    if train_cfg.lr_plateau_factor and train_cfg.schedule == "plateau":
         # Cutting the step when the monitored metric stalls buys the last few tenths of a
         # percent that a constant Adam step leaves on the table before early stopping ends it.
         plateau = RestoredReduceLROnPlateau(
@@ -258,6 +284,8 @@ def project_chain(
         StopOnSignal(),
         FailOnNaN(train_cfg.lr),
     ]
+    if train_cfg.ema is not None:
+        chain.append(EmaWeights())  # before every callback that reads the weights
     chain += state
     if backup is not None:
         chain.append(

@@ -21,7 +21,12 @@ import tensorflow as tf
 from fmnist_mlops.config.schema import ModelCfg, TrainCfg
 from fmnist_mlops.data import augment, feed
 from fmnist_mlops.data.splits import Splits
-from fmnist_mlops.model.cnn import build_model, compile_model, steps_per_execution
+from fmnist_mlops.model.cnn import (
+    build_model,
+    compile_model,
+    steps_per_execution,
+    with_shift_tta,
+)
 from fmnist_mlops.runtime.errors import raise_if_interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE
 from fmnist_mlops.train import callbacks as callbacks_lib
@@ -112,6 +117,9 @@ def fit(
             raise RuntimeError(
                 f"best-epoch integrity check failed: in-memory weights differ from {staging}"
             )
+        if model_cfg.tta_shift:
+            # What predicts at test time is what is published, evaluated and served.
+            with_shift_tta(best, model_cfg.tta_shift).save(staging)
         os.replace(staging, published)
     except BaseException:
         staging.unlink(missing_ok=True)
@@ -132,10 +140,13 @@ def _compiled_model(
     precision = platforms.resolve_precision(train_cfg.precision)
     with strategy.scope():
         if restored is None:
-            model = compile_model(build_model(model_cfg, precision), train_cfg, per_call)
+            model = build_model(model_cfg, precision)
+            compile_model(model, train_cfg, per_call, total_steps=steps * train_cfg.epochs)
         else:
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
+            if train_cfg.ema is not None:
+                callbacks_lib.unswap(model)
     return model
 
 

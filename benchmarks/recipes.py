@@ -1,0 +1,88 @@
+"""The named recipes against their goals: ``dvc exp run -S '+experiment=<name>'``, three seeds.
+
+For each seed, each recipe runs once, interleaved (drift of the host's speed hits them alike),
+in a fresh clone of the committed project: the wall time of the whole ``dvc exp run``
+(prepare, train and evaluate: what a user waits for) and the test accuracy it wrote to
+``reports/metrics.json``. Prints a Markdown table with every seed, the medians and whether each
+goal holds on them; writes ``benchmarks/results/recipes.json``. Needs the real data
+(``make data``); about 3 x (6 + 30) minutes for both recipes.
+
+Usage: python benchmarks/recipes.py [--recipes fast best] [--seeds 42 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from measure import BIN, RESULTS, env, run_timed
+from pipeline import project_copy
+
+# The goals of each recipe: median test accuracy at least this, median wall minutes at most.
+GOALS = {"fast": (0.940, 6.0), "best": (0.950, 30.0)}
+
+
+def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
+    """One ``dvc exp run`` of ``+experiment=<recipe>`` with ``seed``; its wall time and test."""
+    # --force: every stage runs, prepare too, as on a machine that has not run it yet.
+    cmd = [str(BIN / "dvc"), "exp", "run", "--force", "-S", f"+experiment={recipe}"]
+    timed = run_timed([*cmd, "-S", f"seed={seed}"], clone, env())
+    metrics = json.loads((clone / "reports" / "metrics.json").read_text())
+    return {
+        "recipe": recipe,
+        "seed": seed,
+        "wall_s": timed["seconds"],
+        "test_accuracy": metrics["test_accuracy"],
+        "val_accuracy": metrics.get("val_accuracy"),
+        "epochs_trained": metrics.get("epochs_trained"),
+    }
+
+
+def table(runs: list[dict], recipes: list[str]) -> str:
+    """One Markdown row per recipe: every seed, the medians, the goal and whether it holds."""
+    lines = [
+        "| recipe | test per seed | wall min per seed | test (median) | wall min (median) "
+        "| goal | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for recipe in recipes:
+        mine = [r for r in runs if r["recipe"] == recipe]
+        test = statistics.median(r["test_accuracy"] for r in mine)
+        minutes = statistics.median(r["wall_s"] / 60 for r in mine)
+        floor, limit = GOALS.get(recipe, (None, None))
+        goal = "-" if floor is None else f">= {floor:.3f} in <= {limit:.0f} min"
+        holds = "-" if floor is None else ("yes" if test >= floor and minutes <= limit else "no")
+        lines.append(
+            f"| {recipe} | {' '.join(format(r['test_accuracy'], '.4f') for r in mine)} "
+            f"| {' '.join(format(r['wall_s'] / 60, '.1f') for r in mine)} "
+            f"| {test:.4f} | {minutes:.1f} | {goal} | {holds} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every recipe on every seed in one fresh clone; print and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=list(GOALS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--out", type=Path, default=RESULTS / "recipes.json")
+    args = parser.parse_args(argv)
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="fmnist-recipes-") as tmp:
+        clone = project_copy(Path(tmp))
+        for seed in args.seeds:
+            for recipe in args.recipes:
+                runs.append(run_recipe(clone, recipe, seed))
+                print(json.dumps(runs[-1]), flush=True)
+    print(table(runs, args.recipes))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"goals": GOALS, "runs": runs}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
