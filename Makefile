@@ -23,7 +23,7 @@ N ?= 2
 MODEL_URI = $(shell $(BIN)/python -c 'from fmnist_mlops.config.compose import champion_uri; print(champion_uri())')
 
 .DEFAULT_GOAL := help
-.PHONY: help python-check install data test-deps params check-params repro test test-fast test-integration lint format bench tune ui report screenshots server serve serve-stop rollback champion-history reproduce clean-runs clean train-workers
+.PHONY: help python-check install data test-deps params check-params repro test test-fast test-integration lint format bench bench-recipes tune ui report screenshots server serve serve-stop rollback champion-history reproduce clean-runs clean train-workers
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:UI_PORT (defaul
 
 bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
+
+bench-recipes: $(STAMP) data ## +experiment=fast and best against their goals: 3 seeds of dvc exp run each (RECIPES="fast best", ~2 h)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/recipes.py --recipes $(or $(RECIPES),fast best)
 
 train-workers: $(STAMP) data ## One training over N local worker processes (N=2 ARGS="+experiment=smoke"); worker 0 tracks it
 	$(BIN)/python src/train_workers.py -n $(N) -- $(ARGS)

@@ -102,3 +102,40 @@ def test_the_report_shows_the_projects_own_time_to_accuracy():
     text = report(result, "bfloat16")
     assert "| 0.90 | 12.0 (11.0–13.0) |" in text
     assert "| 0.95 | never (2 of 2 runs) |" in text
+
+
+def test_a_recipe_holds_its_goal_only_on_both_medians():
+    """`make bench-recipes`: accuracy and wall time are judged on medians over the seeds."""
+    table = load_script("benchmarks/recipes.py").table
+
+    def runs(recipe: str, tests: list[float], minutes: list[float]) -> list[dict]:
+        return [
+            {"recipe": recipe, "seed": s, "test_accuracy": t, "wall_s": m * 60}
+            for s, t, m in zip((42, 1, 2), tests, minutes, strict=True)
+        ]
+
+    text = table(
+        runs("fast", [0.941, 0.939, 0.944], [5.0, 7.5, 5.5])  # one slow seed: median holds
+        + runs("best", [0.951, 0.949, 0.949], [20.0, 21.0, 22.0]),  # median accuracy misses
+        ["fast", "best"],
+    )
+    assert (
+        "| fast | 0.9410 0.9390 0.9440 | 5.0 7.5 5.5 | 0.9410 | 5.5 | >= 0.940 in <= 6 min | yes |"
+        in text
+    )
+    assert "| best | 0.9510 0.9490 0.9490 | 20.0 21.0 22.0 | 0.9490 | 21.0 |" in text
+    assert text.rstrip().endswith("| no |")
+
+
+def test_the_lever_table_compares_variants_on_the_same_seeds():
+    table = load_script("benchmarks/levers.py").table
+    shoes = {"Sandal": 0.98, "Sneaker": 0.97, "Ankle boot": 0.96}
+    row = {"val_accuracy": 0.94, "fit_s": 100.0, "epochs_trained": 10, "shoes": shoes}
+    runs = [
+        {**row, "variant": v, "seed": s, "test_accuracy": t, "logged_to_val_0.92": 50.0}
+        | {"logged_to_val_0.94": None}
+        for v, s, t in [("a", 42, 0.930), ("b", 42, 0.935), ("a", 1, 0.932), ("b", 1, 0.937)]
+    ]
+    text = table(runs, ["a", "b"])
+    assert "| a | 0.9310 | 0.9300 0.9320 | 0.9400 | 100 | 10 | 50 | - | 0.980/0.970/0.960 |" in text
+    assert "| b | 0.9360 | 0.9350 0.9370 |" in text
