@@ -202,10 +202,14 @@ def test_unknown_config_group_option_is_refused():
     assert result.returncode != 0 and "resnet9000" in result.stderr and "cnn" in result.stderr
 
 
-def test_best_experiment_is_selectable_from_the_train_command_line():
-    best = OmegaConf.load(ROOT / "conf" / "experiment" / "best.yaml")
+RECIPES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem != "smoke")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_is_selectable_from_the_train_command_line(recipe):
+    chosen = OmegaConf.load(ROOT / "conf" / "experiment" / f"{recipe}.yaml")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "train.py"), "+experiment=best", "--cfg", "job"],
+        [sys.executable, str(ROOT / "src" / "train.py"), f"+experiment={recipe}", "--cfg", "job"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -214,10 +218,11 @@ def test_best_experiment_is_selectable_from_the_train_command_line():
     assert proc.returncode == 0, proc.stderr
     job = OmegaConf.create(proc.stdout)
     validate(job)
-    model_choice = next(d for d in best.defaults if "override /model" in str(d))
+    model_choice = next(d for d in chosen.defaults if "override /model" in str(d))
     assert job.model.name == next(iter(model_choice.values()))
-    for key, value in best.train.items():
-        assert job.train[key] == value, key
+    for group in ("model", "train"):
+        for key, value in chosen[group].items():
+            assert job[group][key] == value, f"{group}.{key}"
 
 
 def test_the_model_name_lives_only_in_conf():

@@ -240,12 +240,20 @@ def _queue_workers(project: Path) -> list:
     return found
 
 
-def test_best_experiment_reaches_the_code_through_dvc_exp_run(smoke_project):
-    """`dvc exp run -S '+experiment=best'` (shrunk here to the smoke split and one epoch)."""
+@pytest.mark.parametrize("recipe", ["fast", "best"])
+def test_a_recipe_reaches_the_code_through_dvc_exp_run(smoke_project, recipe):
+    """`dvc exp run -S '+experiment=<recipe>'` (shrunk here to the smoke split and one epoch)."""
     project = smoke_project
-    best = yaml.safe_load((project / "conf" / "experiment" / "best.yaml").read_text())
+    best = yaml.safe_load((project / "conf" / "experiment" / f"{recipe}.yaml").read_text())
     shrink = ["data.max_train=512", "data.max_val=256", "data.max_test=256", "train.epochs=1"]
-    dvc(project, "exp", "run", "-S", "+experiment=best", *(a for s in shrink for a in ("-S", s)))
+    dvc(
+        project,
+        "exp",
+        "run",
+        "-S",
+        f"+experiment={recipe}",
+        *(a for s in shrink for a in ("-S", s)),
+    )
     recorded = yaml.safe_load((project / "params.yaml").read_text())
     metrics = json.loads((project / "reports/metrics.json").read_text())
     run = client_for(project).get_run(metrics["run_id"])
