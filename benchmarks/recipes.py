@@ -36,6 +36,7 @@ def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
         "recipe": recipe,
         "seed": seed,
         "wall_s": timed["seconds"],
+        "run_id": metrics["run_id"],
         "test_accuracy": metrics["test_accuracy"],
         "val_accuracy": metrics.get("val_accuracy"),
         "epochs_trained": metrics.get("epochs_trained"),
