@@ -25,10 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import RESULTS, ROOT, env
+from measure import RESULTS, ROOT, each, env, table_head, table_row
 from training import logged_time_to_accuracy, prepare_data
 
 SHOES = ("Sandal", "Sneaker", "Ankle boot")
+COLUMNS = (
+    "variant | test (median) | test per seed | val | fit s | epochs | to val 0.92 s "
+    "| to val 0.94 s | shoes (S/Sn/AB)"
+)
 
 
 def run_variant(tmp: Path, name: str, seed: int, prepared: Path, overrides: list[str]) -> dict:
@@ -79,29 +83,28 @@ def _recall(per_class: dict, name: str) -> float | None:
 def table(runs: list[dict], names: list[str]) -> str:
     """One Markdown row per variant, medians over its seeds."""
 
-    def med(values: list) -> float | None:
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
+    def med(key: str, spec: str, mine: list[dict]) -> str:
+        values = [r[key] for r in mine if r[key] is not None]
+        return each([statistics.median(values) if values else None], spec)
 
-    def show(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    lines = [
-        "| variant | test (median) | test per seed | val | fit s | epochs | to val 0.92 s "
-        "| to val 0.94 s | shoes (S/Sn/AB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(COLUMNS)
     for name in names:
         mine = [r for r in runs if r["variant"] == name]
-        shoes = "/".join(show(med([r["shoes"][c] for r in mine]), ".3f") for c in SHOES)
+        shoes = "/".join(
+            each([statistics.median(r["shoes"][c] for r in mine)], ".3f") for c in SHOES
+        )
         lines.append(
-            f"| {name} | {show(med([r['test_accuracy'] for r in mine]), '.4f')} "
-            f"| {' '.join(format(r['test_accuracy'], '.4f') for r in mine)} "
-            f"| {show(med([r['val_accuracy'] for r in mine]), '.4f')} "
-            f"| {show(med([r['fit_s'] for r in mine]), '.0f')} "
-            f"| {show(med([r['epochs_trained'] for r in mine]), '.0f')} "
-            f"| {show(med([r['logged_to_val_0.92'] for r in mine]), '.0f')} "
-            f"| {show(med([r['logged_to_val_0.94'] for r in mine]), '.0f')} | {shoes} |"
+            table_row(
+                name,
+                med("test_accuracy", ".4f", mine),
+                each([r["test_accuracy"] for r in mine], ".4f"),
+                med("val_accuracy", ".4f", mine),
+                med("fit_s", ".0f", mine),
+                med("epochs_trained", ".0f", mine),
+                med("logged_to_val_0.92", ".0f", mine),
+                med("logged_to_val_0.94", ".0f", mine),
+                shoes,
+            )
         )
     return "\n".join(lines)
 

@@ -137,3 +137,18 @@ def fmt(stat: dict, digits: int = 1) -> str:
     if stat["n"] == 1:
         return f"{stat['median']:.{digits}f}"
     return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+
+
+def table_row(*cells: object) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def each(values: list[float | None], spec: str) -> str:
+    """Every value formatted with ``spec``, space-separated (``-`` for a missing one)."""
+    return " ".join("-" if v is None else format(v, spec) for v in values)
+
+
+def table_head(header: str) -> list[str]:
+    """The header (``"a | b | c"``) and separator rows of a Markdown table."""
+    return [f"| {header} |", table_row(*["---"] * (header.count("|") + 1))]

@@ -19,11 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import BIN, RESULTS, env, run_timed
+from measure import BIN, RESULTS, each, env, run_timed, table_head, table_row
 from pipeline import project_copy
 
 # The goals of each recipe: median test accuracy at least this, median wall minutes at most.
 GOALS = {"fast": (0.940, 6.0), "best": (0.950, 30.0)}
+COLUMNS = (
+    "recipe | test per seed | wall min per seed | test (median) | wall min (median) | goal | holds"
+)
 
 
 def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
@@ -45,11 +48,7 @@ def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
 
 def table(runs: list[dict], recipes: list[str]) -> str:
     """One Markdown row per recipe: every seed, the medians, the goal and whether it holds."""
-    lines = [
-        "| recipe | test per seed | wall min per seed | test (median) | wall min (median) "
-        "| goal | holds |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(COLUMNS)
     for recipe in recipes:
         mine = [r for r in runs if r["recipe"] == recipe]
         test = statistics.median(r["test_accuracy"] for r in mine)
@@ -57,11 +56,9 @@ def table(runs: list[dict], recipes: list[str]) -> str:
         floor, limit = GOALS.get(recipe, (None, None))
         goal = "-" if floor is None else f">= {floor:.3f} in <= {limit:.0f} min"
         holds = "-" if floor is None else ("yes" if test >= floor and minutes <= limit else "no")
-        lines.append(
-            f"| {recipe} | {' '.join(format(r['test_accuracy'], '.4f') for r in mine)} "
-            f"| {' '.join(format(r['wall_s'] / 60, '.1f') for r in mine)} "
-            f"| {test:.4f} | {minutes:.1f} | {goal} | {holds} |"
-        )
+        tests = each([r["test_accuracy"] for r in mine], ".4f")
+        walls = each([r["wall_s"] / 60 for r in mine], ".1f")
+        lines.append(table_row(recipe, tests, walls, f"{test:.4f}", f"{minutes:.1f}", goal, holds))
     return "\n".join(lines)
 
 

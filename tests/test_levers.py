@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from helpers import free_port, http_process, pipeline, venv_env
@@ -137,6 +138,11 @@ def test_the_served_model_averages_shifted_copies_as_the_evaluation_did(
 
     probabilities = np.array([s["probabilities"] for s in served])
     np.testing.assert_allclose(probabilities, by_hand, atol=1e-5)
+    # predict.py's way in: the registered model loaded in-process.
+    mlflow.set_tracking_uri(averaged.mlflow.tracking_uri)
+    mlflow.set_registry_uri(averaged.mlflow.tracking_uri)
+    local = mlflow.pyfunc.load_model("models:/fashion-mnist-cnn@champion").predict(images)
+    np.testing.assert_allclose([p["probabilities"] for p in local], by_hand, atol=1e-5)
     with open(Path(averaged.paths.out) / PREDICTIONS_CSV) as fh:
         evaluated = list(csv.DictReader(fh))[: len(images)]
     assert [s["class"] for s in served] == [row["predicted"] for row in evaluated]
