@@ -56,6 +56,10 @@ INCONSISTENT = {
         ["train.schedule=onecycle", "train.lr_plateau_patience=2"],
         "train.lr_plateau_patience=2 is invalid with train.schedule=onecycle",
     ),
+    "warm-up under the plateau schedule": (
+        ["train.lr_warmup=0.1"],
+        "train.lr_warmup=0.1 is invalid with train.schedule=plateau",
+    ),
     "inf": (["train.lr=inf"], "train.lr=inf is invalid: expected a finite number"),
     "nan": (["data.val_split=nan"], "data.val_split=nan is invalid: expected a finite number"),
     "overflowing literal": (["registry.min_delta=1e999"], "registry.min_delta=inf is invalid"),
@@ -97,7 +101,12 @@ def test_consistent_configs_still_run(overrides):
         (["+experiment=best"], {"train.lr_plateau_patience": None}),  # one-cycle: no plateau
         (["train.lr_plateau_patience=2", "train.patience=5"], {"train.lr_plateau_patience": 2}),
         # No plateau under the one-cycle schedule: nothing to follow, nothing to refuse.
-        (["train.schedule=onecycle", "train.patience=1"], {"train.lr_plateau_patience": None}),
+        (
+            ["train.schedule=onecycle", "train.patience=1"],
+            {"train.lr_plateau_patience": None, "train.lr_warmup": 0.2},
+        ),
+        (["train.schedule=onecycle", "train.lr_warmup=0"], {"train.lr_warmup": 0.0}),
+        ([], {"train.lr_warmup": None}),
     ],
 )
 def test_a_key_left_null_follows_the_key_it_depends_on(overrides, followed):

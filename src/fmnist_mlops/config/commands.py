@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-from fmnist_mlops.config.schema import _f, _Strict, first_error
+from fmnist_mlops.config.refusals import first_error
+from fmnist_mlops.config.schema import _f, _Strict
 from fmnist_mlops.runtime.errors import ConfigError
 
 # The distributions a tune.space entry can draw from.

@@ -66,13 +66,14 @@ def validate(cfg: DictConfig) -> Config:
     """
     from pydantic import ValidationError
 
-    from fmnist_mlops.config.schema import cross_check, first_error, resolve_derived
+    from fmnist_mlops.config.refusals import first_error
+    from fmnist_mlops.config.schema import cross_check, resolve_derived
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     try:
         typed = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(first_error(data, exc)) from None
+        raise ConfigError(first_error(data, exc, Config)) from None
     problem = cross_check(typed)
     if problem:
         raise ConfigError(problem)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Fashion-MNIST, the one place its facts are written (the config is checked against them, every
 # layer imports them from here). Only the served model's own code (model/pyfunc_model.py,
@@ -30,6 +30,7 @@ METRICS = ("val_accuracy", "val_loss")
 MODES = ("max", "min")
 HEADS = ("flatten", "global_avg")
 SCHEDULES = ("plateau", "onecycle")
+ONECYCLE_WARMUP = 0.2  # share of the steps the one-cycle schedule warms up over, unless set
 MAX_BLOCKS = 4  # each block halves 28x28 with MaxPool(2): 28 -> 14 -> 7 -> 3 -> 1
 # Which way each registry metric improves, and the values it can take.
 METRIC_MODE = {"val_accuracy": "max", "val_loss": "min"}
@@ -116,7 +117,9 @@ class TrainCfg(_Strict):
     lr_plateau_factor: float | None = _f("null (off) or a number in (0, 1)", gt=0, lt=1)
     lr_plateau_patience: int | None = _f("null (follows train.patience) or an integer > 0", gt=0)
     schedule: Literal[SCHEDULES] = _f(f"one of {SCHEDULES}")
-    lr_warmup: float = _f("a fraction of the training steps in [0, 1)", ge=0, lt=1)
+    lr_warmup: float | None = _f(
+        "null (0.2 under train.schedule=onecycle) or a fraction of the steps in [0, 1)", ge=0, lt=1
+    )
     label_smoothing: float = _f("a number in [0, 0.5)", ge=0, lt=0.5)
     ema: float | None = _f("null (off) or a momentum in (0, 1)", gt=0, lt=1)
     verbose: Literal["auto", 0, 1, 2] = _f("auto, 0, 1 or 2")
@@ -165,48 +168,6 @@ class Config(_Strict):
     mlflow: MlflowCfg
 
 
-def _describe(loc: tuple[Any, ...], root: Any = None) -> tuple[str, str | None]:
-    """Dotted key and the accepted-values text of the field at ``loc``."""
-    model: Any = root or Config
-    keys: list[str] = []
-    description = None
-    for part in loc:
-        if not isinstance(part, str) or model is None:
-            break  # list index or a type-union branch: the field itself is what matters
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            break
-        keys.append(part)
-        info = fields[part]
-        description = info.description
-        annotation = info.annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return ".".join(keys), description
-
-
-def first_error(data: dict[str, Any], exc: ValidationError, root: Any = None) -> str:
-    """One line for the first violation: key, value and what is accepted."""
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    key, description = _describe(loc, root)
-    if err["type"] == "extra_forbidden":
-        parent_key, _ = _describe(loc[:-1], root)
-        name = ".".join(str(p) for p in loc)
-        return f"{name} is not a setting of {parent_key or 'the config'}: remove it or fix its name"
-    if err["type"] == "missing":
-        return f"{key} is missing: expected {description or 'a value'}"
-    value: Any = data
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if err["type"] == "finite_number":
-        return f"{key}={value!r} is invalid: expected a finite number, {description or ''}"
-    return f"{key}={value!r} is invalid: expected {description or err['msg']}"
-
-
 def split_sizes(val_split: float) -> dict[str, int]:
     """Images in the train, val and test splits before any ``data.max_*`` subset.
 
@@ -220,10 +181,14 @@ def derived(cfg: Config) -> dict[str, Any]:
     """Values of keys left null that follow another key, as the run uses them.
 
     ``train.lr_plateau_patience`` follows ``train.patience`` (one fewer, at least 1; none under
-    the one-cycle schedule) and ``registry.mode`` follows ``registry.metric``.
+    the one-cycle schedule), ``train.lr_warmup`` the schedule (0.2 under one-cycle, else none)
+    and ``registry.mode`` follows ``registry.metric``.
     """
     return {
         "train.lr_plateau_patience": _plateau_patience(cfg.train),
+        "train.lr_warmup": cfg.train.lr_warmup
+        if cfg.train.lr_warmup is not None or cfg.train.schedule != "onecycle"
+        else ONECYCLE_WARMUP,
         "registry.mode": cfg.registry.mode or METRIC_MODE[cfg.registry.metric],
     }
 
@@ -238,6 +203,7 @@ def resolve_derived(cfg: Config) -> Config:
     """Fill the null keys of :func:`derived` in, so nothing below reads a null."""
     values = derived(cfg)
     cfg.train.lr_plateau_patience = values["train.lr_plateau_patience"]
+    cfg.train.lr_warmup = values["train.lr_warmup"]
     cfg.registry.mode = values["registry.mode"]
     return cfg
 
@@ -269,6 +235,11 @@ def cross_check(cfg: Config) -> str | None:
             f"{train_images} training images"
         )
     # Only values the user set are checked against each other: a null follows its key.
+    if cfg.train.schedule == "plateau" and cfg.train.lr_warmup is not None:
+        return (
+            f"train.lr_warmup={cfg.train.lr_warmup} is invalid with train.schedule=plateau "
+            "(only the one-cycle schedule warms up): remove it, or set train.schedule=onecycle"
+        )
     if cfg.train.schedule == "onecycle" and cfg.train.lr_plateau_patience is not None:
         return (
             f"train.lr_plateau_patience={cfg.train.lr_plateau_patience} is invalid with "

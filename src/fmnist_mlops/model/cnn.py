@@ -128,7 +128,7 @@ def learning_rate(train_cfg: TrainCfg, total_steps: int):
     """
     if train_cfg.schedule != "onecycle":
         return train_cfg.lr
-    warmup = int(train_cfg.lr_warmup * total_steps)
+    warmup = int((train_cfg.lr_warmup or 0.0) * total_steps)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=train_cfg.lr / 10,
         decay_steps=max(total_steps - warmup, 1),

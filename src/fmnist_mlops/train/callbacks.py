@@ -21,6 +21,7 @@ import mlflow
 
 from fmnist_mlops.config.schema import TrainCfg
 from fmnist_mlops.runtime.errors import TrainingDiverged, raise_if_interrupted
+from fmnist_mlops.train.averaging import EmaWeights
 from fmnist_mlops.train.backup import as_number, read_files, rng_state, write_state
 from fmnist_mlops.train.history import ELAPSED, logged_metrics
 
@@ -191,31 +192,6 @@ class RestoredReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             self.wait = int(self._restored["wait"])
             self.best = self._restored["best"]
             self.cooldown_counter = int(self._restored["cooldown_counter"])
-
-
-class EmaWeights(keras.callbacks.SwapEMAWeights):
-    """The averaged weights (``train.ema``) in the model for validation and every epoch's end.
-
-    Keras swaps them in only at the end of ``fit``; here validation, the best-only checkpoint,
-    early stopping (and the weights it restores) and the backup all see them. Backups thus hold
-    the averages in the model and the raw weights in the optimizer: :func:`unswap` turns a
-    restored backup back before training continues.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(swap_on_epoch=True)
-
-    def _swap_variables(self) -> None:
-        # Keras' TensorFlow swap is arithmetic (a + b - b), which rounds the raw weights a
-        # little at every swap; through a copy the training steps are exactly those without EMA.
-        self._apply_to_ema_optimizers(self._backend_swap_variables, self._backend_swap_variables)
-
-
-def unswap(model: keras.Model) -> None:
-    """Swap a model restored from an :class:`EmaWeights` backup back to its raw weights."""
-    swap = EmaWeights()
-    swap.set_model(model)
-    swap._swap_variables()
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from fmnist_mlops.model.cnn import (
 )
 from fmnist_mlops.runtime.errors import raise_if_interrupted
 from fmnist_mlops.runtime.paths import MODEL_FILE
+from fmnist_mlops.train import averaging, platforms
 from fmnist_mlops.train import callbacks as callbacks_lib
-from fmnist_mlops.train import platforms
 from fmnist_mlops.train.backup import EpochBackupSpec, ResumeState
 from fmnist_mlops.train.distribute import make_strategy, peers_guarded
 from fmnist_mlops.train.history import ELAPSED, EPOCH_METRICS
@@ -146,7 +146,7 @@ def _compiled_model(
             # Same config hash, same splits: the saved compile settings still divide the epoch.
             model = restored.model()
             if train_cfg.ema is not None:
-                callbacks_lib.unswap(model)
+                averaging.unswap(model)
     return model
 
 
