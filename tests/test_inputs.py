@@ -98,7 +98,7 @@ def test_consistent_configs_still_run(overrides):
         (["train.patience=1"], {"train.lr_plateau_patience": 1}),
         (["train.patience=6"], {"train.lr_plateau_patience": 5}),
         (["registry.metric=val_loss"], {"registry.mode": "min"}),
-        (["+experiment=best"], {"train.lr_plateau_patience": None}),  # one-cycle: no plateau
+        (["+experiment=best"], {"train.lr_plateau_patience": 4}),  # set there: kept
         (["train.lr_plateau_patience=2", "train.patience=5"], {"train.lr_plateau_patience": 2}),
         # No plateau under the one-cycle schedule: nothing to follow, nothing to refuse.
         (
