@@ -341,3 +341,13 @@ def client_for(project: Path):
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     return MlflowClient(uri, registry_uri=uri)
+
+
+def training_metric_keys(run) -> set[str]:
+    """The metric keys a run's training logged, without MLflow's sampled ``system/*`` metrics.
+
+    MLflow publishes system metrics once per sampling interval (10 s by default), so whether a
+    run has any depends on how long it ran, not on what it trained: two runs of the same
+    settings compare on these keys.
+    """
+    return {key for key in run.data.metrics if not key.startswith("system/")}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import ROOT
+from helpers import ROOT, training_metric_keys
 from mlflow.tracking import MlflowClient
 
 from fmnist_mlops.runtime.errors import ConfigError
@@ -166,10 +166,12 @@ def test_two_workers_started_by_hand_train_one_tracked_run(
 
     # The same metric keys as a single-process run of the same settings.
     single = tmp_path / "single"
+    # A sampling interval shorter than any training, so this run surely has system metrics.
+    sampled = {**subprocess_env, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
     one = subprocess.run(
         [sys.executable, "src/train.py", *smoke_args(single, smoke_prepared, "train.epochs=3")],
         cwd=project_root,
-        env=subprocess_env,
+        env=sampled,
         capture_output=True,
         text=True,
         timeout=600,
@@ -177,7 +179,8 @@ def test_two_workers_started_by_hand_train_one_tracked_run(
     assert one.returncode == 0, one.stderr[-3000:]
     single_uri = f"sqlite:///{single / 'mlflow.db'}"
     single_run = MlflowClient(single_uri).get_run(results(one.stdout)[0]["run_id"])
-    assert set(run.data.metrics) == set(single_run.data.metrics)
+    assert training_metric_keys(run) == training_metric_keys(single_run)
+    assert "system/cpu_utilization_percentage" in single_run.data.metrics
     assert set(run.data.params) == set(single_run.data.params)
 
     evaluate = subprocess.run(
