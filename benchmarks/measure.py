@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,12 +82,53 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the benchmark like Ctrl-C does: as an exception.
+
+    So the running command is stopped and temporary clones are removed; by default Python dies
+    at once and leaves both.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """End ``proc`` and everything it started (its own process group): SIGTERM, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, 60), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_timed(cmd: list[str], cwd: Path, environ: dict[str, str]) -> dict:
-    """Run ``cmd``; stamp every stdout line; sample the process tree's RSS every 0.1 s."""
+    """Run ``cmd``; stamp every stdout line; sample the process tree's RSS every 0.1 s.
+
+    ``cmd`` runs in its own process group: if the benchmark is interrupted (Ctrl-C, SIGTERM),
+    the command and everything it started are stopped before the exception goes on.
+    """
+    _exit_on_sigterm()
     started = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        cmd,
+        cwd=cwd,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        start_new_session=True,
     )
+    try:
+        return _timed(proc, cmd, started)
+    except BaseException:
+        _stop_group(proc)
+        raise
+
+
+def _timed(proc: subprocess.Popen, cmd: list[str], started: float) -> dict:
     peak = [0]
     done = threading.Event()
 
@@ -100,13 +142,15 @@ def run_timed(cmd: list[str], cwd: Path, environ: dict[str, str]) -> dict:
     threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True).start()
     lines: list[tuple[float, str]] = []
     buf = b""
-    for chunk in iter(lambda: proc.stdout.read(4096), b""):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            lines.append((time.monotonic() - started, line.decode(errors="replace")))
-    proc.wait()
-    done.set()
+    try:
+        for chunk in iter(lambda: proc.stdout.read(4096), b""):
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                lines.append((time.monotonic() - started, line.decode(errors="replace")))
+        proc.wait()
+    finally:
+        done.set()
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         tail = b"".join(err_chunks).decode(errors="replace")[-3000:]

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 from helpers import ROOT, load_script
 
@@ -139,3 +144,30 @@ def test_the_lever_table_compares_variants_on_the_same_seeds():
     text = table(runs, ["a", "b"])
     assert "| a | 0.9310 | 0.9300 0.9320 | 0.9400 | 100 | 10 | 50 | - | 0.980/0.970/0.960 |" in text
     assert "| b | 0.9360 | 0.9350 0.9370 |" in text
+
+
+def test_a_stopped_benchmark_ends_the_command_it_runs_and_removes_its_clone(tmp_path):
+    """SIGTERM to a benchmark (`kill`, a CI timeout) stops the command it is timing and what that
+    command started, and its temporary folder goes: nothing keeps training after it."""
+    pids = tmp_path / "pids"
+    bench = tmp_path / "bench.py"
+    bench.write_text(
+        "import os, sys, tempfile\n"
+        "from pathlib import Path\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from measure import run_timed\n"
+        f"with tempfile.TemporaryDirectory(prefix='clone-', dir={str(tmp_path)!r}) as tmp:\n"
+        f"    cmd = 'sleep 300 & echo $$ $! > {pids}.part && mv {pids}.part {pids}; wait'\n"
+        "    run_timed(['bash', '-c', cmd], Path(tmp), dict(os.environ))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(bench)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert pids.exists(), proc.stderr.read() if proc.poll() is not None else "no command started"
+    started = [int(pid) for pid in pids.read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    for pid in started:  # the timed shell and the sleep it started
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
+    assert not list(tmp_path.glob("clone-*"))
