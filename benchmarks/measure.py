@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from fmnist_mlops.runtime.processes import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -92,18 +94,6 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """End ``proc`` and everything it started (its own process group): SIGTERM, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 60), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_timed(cmd: list[str], cwd: Path, environ: dict[str, str]) -> dict:
     """Run ``cmd``; stamp every stdout line; sample the process tree's RSS every 0.1 s.
 
@@ -124,7 +114,7 @@ def run_timed(cmd: list[str], cwd: Path, environ: dict[str, str]) -> dict:
     try:
         return _timed(proc, cmd, started)
     except BaseException:
-        _stop_group(proc)
+        stop_group(proc)
         raise
 
 

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tomllib
@@ -26,6 +25,7 @@ import yaml
 
 from fmnist_mlops.runtime.errors import ProjectError
 from fmnist_mlops.runtime.files import file_lock
+from fmnist_mlops.runtime.processes import stop_group
 
 # Environment variables of the caller that must not reach the commit's stages.
 _DROPPED_ENV = (
@@ -161,12 +161,7 @@ def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what: 
         try:
             code = proc.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc)
             raise
     if code != 0:
         last = _last(log.read_text(errors="replace"))
