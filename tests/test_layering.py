@@ -71,7 +71,10 @@ def test_the_import_layers_contract_holds(project_root, subprocess_env):
     """import-linter's `layers` contract in pyproject.toml: no upward or sideways import."""
     lint = str(Path(sys.executable).parent / "lint-imports")
     env = {**subprocess_env, "PYTHONPATH": str(project_root / "src")}
-    proc = subprocess.run([lint], cwd=project_root, env=env, capture_output=True, text=True)
+    # --no-cache: a cache folder in the checkout would race every test that lists the root.
+    proc = subprocess.run(
+        [lint, "--no-cache"], cwd=project_root, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:]
 
 
