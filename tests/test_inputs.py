@@ -135,7 +135,8 @@ def cli(script: str, tmp_path, root, env, *args: str) -> subprocess.CompletedPro
 
 
 def assert_refused(proc, script: str, *needles: str) -> str:
-    said = [line for line in proc.stderr.splitlines() if line.startswith(f"{script}:")]
+    """Exit 2 and stderr is the one line: no library's log or warning beside it."""
+    said = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(said) == 1 and said[0].startswith(f"{script}: error: "), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

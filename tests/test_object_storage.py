@@ -197,7 +197,7 @@ def test_the_secret_shows_up_nowhere_the_project_writes(team):
 
 
 def refused_line(proc: subprocess.CompletedProcess, stage: str) -> str:
-    said = [line for line in proc.stderr.splitlines() if line.startswith(f"{stage}:")]
+    said = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(said) == 1 and said[0].startswith(f"{stage}: error: "), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

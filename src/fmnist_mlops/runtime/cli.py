@@ -43,9 +43,20 @@ def setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    quiet_mlflow()
     for noisy in ("alembic", "mlflow", "absl", "h5py", "matplotlib", "urllib3", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     plain_warnings()
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own loggers at WARNING unless the user set ``MLFLOW_LOGGING_LEVEL``.
+
+    MLflow sets its loggers' levels when it is imported, which is after a command starts (lazy
+    imports), so a logger level set here would be undone: without the variable, opening a fresh
+    store prints its migrations' INFO lines beside a command's one-line refusal.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -200,6 +211,7 @@ def command(stage: str, main: Callable[[], int | None]) -> None:
     The same failure path as the Hydra stages (:func:`fail`); SIGTERM and SIGINT end it as
     an interruption. Exits with ``main``'s return value.
     """
+    quiet_mlflow()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _raise_interrupted)
     try:
