@@ -8,16 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
 from helpers import ROOT, smoke_config, start_training, train, venv_env
 from mlflow.tracking import MlflowClient
 
-from fmnist_mlops.runtime import errors
+from fmnist_mlops.runtime import errors, owner
 from fmnist_mlops.runtime.errors import TrainingDiverged
 from fmnist_mlops.tracking.context import open_stage
-from fmnist_mlops.tracking.runs import mark_orphaned_runs
+from fmnist_mlops.tracking.runs import mark_orphaned_runs, reopen
 from fmnist_mlops.tracking.tags import run_tags
 
 
@@ -139,3 +140,68 @@ def test_a_signal_inside_a_store_call_is_held_back_until_the_call_returns():
             cli._raise_interrupted(2, sys._getframe())
     finally:
         errors._received.clear()
+
+
+def dead_owner() -> dict[str, str]:
+    """Owner tags (host, pid, start time) naming a process of this host that has ended."""
+    proc = subprocess.Popen(["sleep", "60"])
+    started = owner.process_start(proc.pid)
+    proc.kill()
+    proc.wait()
+    return {"host": socket.gethostname(), "pid": str(proc.pid), "process_start": f"{started:.3f}"}
+
+
+def test_a_resumed_run_has_its_new_owner_before_it_is_running_again(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("fashion-mnist")
+    run_id = client.create_run(exp_id, tags=dead_owner()).info.run_id
+    client.set_terminated(run_id, status="KILLED")  # an interrupted training's run
+
+    with reopen(run_id, {"resumed_after_epoch": "3"}):
+        # A training starting now on this host sweeps orphans: this run is not one.
+        assert mark_orphaned_runs(exp_id) == []
+        now = client.get_run(run_id)
+        assert now.info.status == "RUNNING" and now.data.tags["pid"] == str(os.getpid())
+        assert now.data.tags["resumed_after_epoch"] == "3"
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.integration
+def test_evaluating_a_finished_run_never_lets_it_look_orphaned(champion, smoke_prepared, tmp_path):
+    """`evaluate` adds to the training's run long after the training process ended; a training
+    starting meanwhile (a queued experiment) sweeps orphans the whole time and must find none."""
+    uri = champion.mlflow.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    client, run = only_run(uri)
+    run_id, exp_id = run.info.run_id, run.info.experiment_id
+    for key, value in dead_owner().items():  # as after a `dvc repro` train stage
+        client.set_tag(run_id, key, value)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "src/evaluate.py",
+            "+experiment=smoke",
+            f"paths.prepared={smoke_prepared}",
+            f"paths.out={tmp_path / 'evaluated'}",
+            f"mlflow.tracking_uri={uri}",
+            f"run_id={run_id}",
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marked, deadline = [], time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        marked += mark_orphaned_runs(exp_id)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert marked == []
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED" and "killed_reason" not in after.data.tags
+    assert after.data.metrics["test_accuracy"] > 0

@@ -78,39 +78,42 @@ def evaluate_in(ctx: StageContext) -> tuple[dict[str, Any], Path]:
     else:
         model = keras.saving.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
 
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        val = assess(model, splits.x_val, splits.y_val)
-        test = assess(model, splits.x_test, splits.y_test)
-        metrics = {
-            "run_id": run_info["run_id"],
+    val = assess(model, splits.x_val, splits.y_val)
+    test = assess(model, splits.x_test, splits.y_test)
+    metrics = {
+        "run_id": run_info["run_id"],
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
+        "val_loss": val.loss,
+        "val_accuracy": val.accuracy,
+        "best_epoch": run_info["best_epoch"],
+        "epochs_trained": run_info["epochs_trained"],
+        "test_images": int(len(splits.y_test)),
+    }
+    _write_reports(out, splits, test)
+    classes = test.classes
+    # Added to the finished train run by id, never by reopening it: a RUNNING run whose owner
+    # (the training process) is gone would be marked KILLED by a training starting meanwhile.
+    run_id = run_info["run_id"]
+    mlflow.log_metrics(
+        {
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy,
-            "best_epoch": run_info["best_epoch"],
-            "epochs_trained": run_info["epochs_trained"],
-            "test_images": int(len(splits.y_test)),
-        }
-        _write_reports(out, splits, test)
-        classes = test.classes
-        mlflow.log_metrics(
-            {
-                "test_loss": test.loss,
-                "test_accuracy": test.accuracy,
-                "eval_val_loss": val.loss,
-                "eval_val_accuracy": val.accuracy,
-                **{f"test_f1.{name}": c["f1"] for name, c in classes.items()},
-                **{f"test_precision.{name}": c["precision"] for name, c in classes.items()},
-                **{f"test_recall.{name}": c["recall"] for name, c in classes.items()},
-            },
-            # Also on the logged model, so its MLflow 3 page and search see the test scores.
-            model_id=logged_model_id(run_info["model_uri"]),
-        )
-        for path in (PER_CLASS_JSON, PREDICTIONS_CSV, CONFUSION_PNG, MISCLASSIFIED_PNG):
-            mlflow.log_artifact(str(out / path), "evaluation")
-        mlflow.log_dict(metrics, "evaluation/metrics.json")
-        # Written last: DVC treats this file as the stage's result.
-        write_json(out / METRICS_JSON, metrics)
+            "eval_val_loss": val.loss,
+            "eval_val_accuracy": val.accuracy,
+            **{f"test_f1.{name}": c["f1"] for name, c in classes.items()},
+            **{f"test_precision.{name}": c["precision"] for name, c in classes.items()},
+            **{f"test_recall.{name}": c["recall"] for name, c in classes.items()},
+        },
+        # Also on the logged model, so its MLflow 3 page and search see the test scores.
+        model_id=logged_model_id(run_info["model_uri"]),
+        run_id=run_id,
+    )
+    for path in (PER_CLASS_JSON, PREDICTIONS_CSV, CONFUSION_PNG, MISCLASSIFIED_PNG):
+        mlflow.log_artifact(str(out / path), "evaluation", run_id=run_id)
+    mlflow.log_dict(metrics, "evaluation/metrics.json", run_id=run_id)
+    # Written last: DVC treats this file as the stage's result.
+    write_json(out / METRICS_JSON, metrics)
     log.info(
         "evaluate: run %s test_accuracy %.4f test_loss %.4f val_accuracy %.4f",
         metrics["run_id"],

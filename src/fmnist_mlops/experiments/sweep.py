@@ -120,6 +120,7 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
     """
     from fmnist_mlops.runtime import owner
     from fmnist_mlops.runtime.errors import ConfigError
+    from fmnist_mlops.tracking import runs
 
     found = client.search_runs(
         [experiment_id],
@@ -138,7 +139,7 @@ def _continue(client: Any, experiment_id: str, key: str) -> str | None:
         )
     if status not in ("RUNNING", "KILLED"):
         return None
-    nesting.take_over(client, parent, "sweep")
+    runs.take_over(client, parent, run_tags("sweep"))
     children = client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
     )

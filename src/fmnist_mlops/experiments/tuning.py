@@ -44,7 +44,7 @@ from fmnist_mlops.runtime.errors import Interrupted, ProjectError
 from fmnist_mlops.tracking import nesting
 from fmnist_mlops.tracking.context import StageContext, open_stage
 from fmnist_mlops.tracking.databases import hide_password
-from fmnist_mlops.tracking.runs import run_exists
+from fmnist_mlops.tracking.runs import run_exists, take_over
 from fmnist_mlops.tracking.tags import run_tags
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _get_or_create_parent(
     if parent and run_exists(parent):
         run = client.get_run(parent)
         if run.info.status != "RUNNING" or not owner.is_alive(run.data.tags):
-            nesting.take_over(client, parent, "tune")
+            take_over(client, parent, run_tags("tune"))
         return parent
     run = client.create_run(
         experiment_id,

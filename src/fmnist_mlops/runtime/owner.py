@@ -31,6 +31,16 @@ def current() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "process_start": process_start(pid)}
 
 
+def tags() -> dict[str, str]:
+    """This process as an MLflow run's owner: ``host``, ``pid`` and ``process_start`` tags."""
+    me = current()
+    return {
+        "host": me["host"],
+        "pid": str(me["pid"]),
+        "process_start": f"{me['process_start']:.3f}",
+    }
+
+
 def is_alive(owner: dict[str, Any]) -> bool:
     """Whether the process an owner record names is still running.
 

@@ -103,16 +103,3 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
         client.set_tag(run_id, "failure", str(exc)[:5000])
     except mlflow.exceptions.MlflowException as err:  # the sweep goes on regardless
         log.warning("sweep: could not record the failure of job %s: %s", job, err)
-
-
-def take_over(client: Any, run_id: str, stage: str) -> None:
-    """Make this process the owner of an interrupted parent run and mark it RUNNING again.
-
-    The owner first, then RUNNING: the orphan sweep of a job or trial starting meanwhile must
-    never see the run RUNNING with its old, dead owner (and mark it KILLED).
-    """
-    for name, value in run_tags(stage).items():
-        client.set_tag(run_id, name, value)
-    if "failure" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "failure")
-    client.update_run(run_id, status="RUNNING")

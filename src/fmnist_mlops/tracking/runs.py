@@ -1,16 +1,22 @@
-"""Runs already in the store: orphans marked KILLED, a lookup, a finished training's record.
+"""Runs already in the store: their owner, orphans marked KILLED, a finished training's record.
 
-Orphans are RUNNING runs whose owner process is gone; a finished training's record is checked
-against the split a stage is about to use.
+A run's owner is the process its ``host``/``pid``/``process_start`` tags name. Orphans are
+RUNNING runs whose owner is gone. A process that continues a run (a resumed training, the
+evaluation of a training, a continued sweep or study) makes itself the owner *before* the run is
+RUNNING again: a training starting meanwhile on this host marks orphans, and must never see the
+run RUNNING under the previous, finished owner. A finished training's record is checked against
+the split a stage is about to use.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
+from mlflow.entities import RunTag
 
 from fmnist_mlops.runtime import owner
 from fmnist_mlops.tracking.databases import (
@@ -21,6 +27,38 @@ log = logging.getLogger(__name__)
 
 # A training run's tag per raw IDX file, ``data.sha256.<file>``: the SHA-256 it was trained on.
 RAW_DIGEST_TAG = "data.sha256."
+
+
+def _own(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    """Tag ``run_id`` with this process as its owner (and ``tags``), in one store call."""
+    merged = {**owner.tags(), **tags}
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in merged.items()])
+
+
+def reopen(run_id: str, tags: Mapping[str, str] | None = None, **start: Any) -> Any:
+    """Continue ``run_id`` in this process as its owner: the active run of ``mlflow.start_run``.
+
+    Args:
+        run_id: A run of the current store.
+        tags: More tags to set with the owner's, before the run is RUNNING again.
+        **start: Passed on to :func:`mlflow.start_run` (e.g. ``log_system_metrics``).
+    """
+    _own(mlflow.tracking.MlflowClient(), run_id, tags or {})
+    return mlflow.start_run(run_id=run_id, **start)
+
+
+def take_over(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    """Make this process the owner of an interrupted parent run and mark it RUNNING again.
+
+    Args:
+        client: An MLflow client of the store.
+        run_id: The parent run (a sweep's or a study's).
+        tags: Its tags now (``run_tags(stage)``), set with the owner's.
+    """
+    _own(client, run_id, tags)
+    if "failure" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "failure")
+    client.update_run(run_id, status="RUNNING")
 
 
 def mark_orphaned_runs(experiment_id: str) -> list[str]:
@@ -45,6 +83,10 @@ def mark_orphaned_runs(experiment_id: str) -> list[str]:
         if "pid" not in tags or "process_start" not in tags:
             continue
         if owner.is_alive(tags):
+            continue
+        # Read again just before marking: the run may have been taken over or ended since.
+        now = client.get_run(run.info.run_id)
+        if now.info.status != "RUNNING" or owner.is_alive(now.data.tags):
             continue
         pid = tags["pid"]
         client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} is gone")

@@ -75,13 +75,7 @@ def same_code(tags: Mapping[str, str]) -> bool:
 
 def run_tags(stage: str) -> dict[str, str]:
     """Tags every run gets: stage, host, pid + process start, git state, DVC experiment."""
-    me = owner.current()
-    tags = {
-        "stage": stage,
-        "host": me["host"],
-        "pid": str(me["pid"]),
-        "process_start": f"{me['process_start']:.3f}",
-    }
+    tags = {"stage": stage, **owner.tags()}
     tags.update(git_tags())
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
         if os.environ.get(env):

@@ -32,6 +32,7 @@ from fmnist_mlops.tracking.logged_params import log_config
 from fmnist_mlops.tracking.runs import (
     RAW_DIGEST_TAG,
     mark_orphaned_runs,
+    reopen,
     run_exists,
     run_record,
 )
@@ -127,8 +128,8 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
             restored.epoch,
             folder,
         )
-        active = mlflow.start_run(run_id=restored.run_id, log_system_metrics=system_metrics)
-        mlflow.set_tags(
+        active = reopen(
+            restored.run_id,
             {
                 **run_tags("train"),
                 # A continued sweep's or study's parent (which may be new): nest under it.
@@ -137,7 +138,8 @@ def _claimed_training(ctx: StageContext, folder, restored, cfg_hash, tags, callb
                 "config_hash": cfg_hash,
                 "resumed_after_epoch": str(restored.epoch),
                 "out_dir": str(out),
-            }
+            },
+            log_system_metrics=system_metrics,
         )
 
     with active as run:
