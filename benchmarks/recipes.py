@@ -7,6 +7,11 @@ in a fresh clone of the committed project: the wall time of the whole ``dvc exp 
 goal holds on them; writes ``benchmarks/results/recipes.json``. Needs the real data
 (``make data``); about 3 x (6 + 30) minutes for both recipes.
 
+One measurement, one owner: each finished run is kept in ``<out>.partial.json`` as it ends, and
+the same command run again on the same commit continues the measurement (an interrupted run
+starts again from scratch, so every wall time is whole; no finished run is ever repeated or
+re-rolled). The partial file is removed when the results are written.
+
 Usage: python benchmarks/recipes.py [--recipes fast best] [--seeds 42 1 2]
 """
 
@@ -15,18 +20,53 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from measure import BIN, RESULTS, each, env, run_timed, table_head, table_row
+from measure import BIN, RESULTS, ROOT, each, env, run_timed, table_head, table_row
 from pipeline import project_copy
+
+from fmnist_mlops.runtime.files import write_json
 
 # The goals of each recipe: median test accuracy at least this, median wall minutes at most.
 GOALS = {"fast": (0.940, 6.0), "best": (0.950, 30.0)}
 COLUMNS = (
     "recipe | test per seed | wall min per seed | test (median) | wall min (median) | goal | holds"
 )
+
+
+def plan(recipes: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Every (recipe, seed) pair, interleaved: for each seed, each recipe."""
+    return [(recipe, seed) for seed in seeds for recipe in recipes]
+
+
+def progress_file(out: Path) -> Path:
+    """Where an unfinished measurement keeps its finished runs: ``<out>.partial.json``."""
+    return out.with_name(out.stem + ".partial.json")
+
+
+def continued(partial: Path, key: dict) -> list[dict]:
+    """The finished runs of the unfinished measurement ``key`` names; [] when there is none.
+
+    Raises:
+        SystemExit: ``partial`` belongs to another measurement (other commit, recipes or seeds):
+            continuing it would mix two, and starting over would drop its runs unasked.
+    """
+    if not partial.exists():
+        return []
+    saved = json.loads(partial.read_text())
+    if {k: saved.get(k) for k in key} != key:
+        theirs = ", ".join(f"{k}={saved.get(k)}" for k in key)
+        print(
+            f"recipes: error: {partial} holds an unfinished measurement ({theirs}); rerun it "
+            "with those arguments on that commit to continue it, or delete the file to start over",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return saved["runs"]
 
 
 def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
@@ -43,6 +83,7 @@ def run_recipe(clone: Path, recipe: str, seed: int) -> dict:
         "test_accuracy": metrics["test_accuracy"],
         "val_accuracy": metrics.get("val_accuracy"),
         "epochs_trained": metrics.get("epochs_trained"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -69,16 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS / "recipes.json")
     args = parser.parse_args(argv)
-    runs: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="fmnist-recipes-") as tmp:
-        clone = project_copy(Path(tmp))
-        for seed in args.seeds:
-            for recipe in args.recipes:
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    key = {"commit": commit, "recipes": args.recipes, "seeds": args.seeds}
+    partial = progress_file(args.out)
+    runs = continued(partial, key)
+    done = {(r["recipe"], r["seed"]) for r in runs}
+    todo = [pair for pair in plan(args.recipes, args.seeds) if pair not in done]
+    if runs:
+        print(f"continuing {partial}: {len(runs)} runs done, {len(todo)} to go", flush=True)
+    if todo:
+        with tempfile.TemporaryDirectory(prefix="fmnist-recipes-") as tmp:
+            clone = project_copy(Path(tmp))
+            for recipe, seed in todo:
                 runs.append(run_recipe(clone, recipe, seed))
+                write_json(partial, {**key, "runs": runs})
                 print(json.dumps(runs[-1]), flush=True)
     print(table(runs, args.recipes))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"goals": GOALS, "runs": runs}, indent=2) + "\n")
+    write_json(args.out, {"goals": GOALS, "commit": commit, "runs": runs})
+    partial.unlink(missing_ok=True)
     return 0
 
 

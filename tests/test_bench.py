@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -130,6 +131,46 @@ def test_a_recipe_holds_its_goal_only_on_both_medians():
     )
     assert "| best | 0.9510 0.9490 0.9490 | 20.0 21.0 22.0 | 0.9490 | 21.0 |" in text
     assert text.rstrip().endswith("| no |")
+
+
+def test_a_rerun_of_a_stopped_recipe_measurement_continues_it(tmp_path, monkeypatch, capsys):
+    """`make bench-recipes` is one measurement: stopped after a run, the same command runs only
+    what is missing (the stopped run again, from scratch), and another measurement's partial
+    file is refused, not continued or dropped. What `dvc exp run` does is not under test here:
+    each run is a stand-in that records its pair (a stopped real run: the test below)."""
+    recipes = load_script("benchmarks/recipes.py")
+    ran: list[tuple[str, int]] = []
+    stop_at = [("fast", 1)]
+
+    def run_recipe(clone, recipe, seed):
+        if (recipe, seed) in stop_at:
+            stop_at.clear()
+            raise KeyboardInterrupt  # Ctrl-C in the middle of this run
+        ran.append((recipe, seed))
+        return {"recipe": recipe, "seed": seed, "test_accuracy": 0.94, "wall_s": 300.0}
+
+    monkeypatch.setattr(recipes, "run_recipe", run_recipe)
+    monkeypatch.setattr(recipes, "project_copy", lambda tmp: tmp)
+    out = tmp_path / "recipes.json"
+    args = ["--recipes", "fast", "best", "--seeds", "42", "1", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        recipes.main(args)
+    assert ran == [("fast", 42), ("best", 42)] and not out.exists()
+    assert recipes.progress_file(out).exists()
+
+    # Other seeds: refused in one line, the unfinished measurement kept.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        recipes.main([*args[:4], "2", "--out", str(out)])
+    [line] = capsys.readouterr().err.splitlines()
+    assert refused.value.code == 2 and "holds an unfinished measurement" in line, line
+    assert recipes.progress_file(out).exists() and len(ran) == 2
+
+    assert recipes.main(args) == 0
+    assert ran == [("fast", 42), ("best", 42), ("fast", 1), ("best", 1)], "none repeated"
+    result = json.loads(out.read_text())
+    assert [(r["recipe"], r["seed"]) for r in result["runs"]] == ran
+    assert not recipes.progress_file(out).exists()
 
 
 def test_the_lever_table_compares_variants_on_the_same_seeds():
