@@ -1,11 +1,12 @@
 """Runs already in the store: their owner, orphans marked KILLED, a finished training's record.
 
 A run's owner is the process its ``host``/``pid``/``process_start`` tags name. Orphans are
-RUNNING runs whose owner is gone. A process that continues a run (a resumed training, the
-evaluation of a training, a continued sweep or study) makes itself the owner *before* the run is
-RUNNING again: a training starting meanwhile on this host marks orphans, and must never see the
-run RUNNING under the previous, finished owner. A finished training's record is checked against
-the split a stage is about to use.
+RUNNING runs whose owner is gone. A process that continues a run (a resumed training, a
+continued sweep or study) makes itself the owner *before* the run is RUNNING again: a training
+starting meanwhile on this host marks orphans, and must never see the run RUNNING under the
+previous, finished owner. A stage that only adds to a finished run (``evaluate``) logs to it by
+id and leaves it FINISHED. A finished training's record is checked against the split a stage is
+about to use.
 """
 
 from __future__ import annotations
