@@ -84,7 +84,8 @@ def test_evaluate_register_report_rollback_by_run_id_with_every_scratch_folder_g
     # register before evaluate: refused in one line, nothing registered
     refused = run("register.py", f"run_id={weak['run_id']}")
     assert refused.returncode == 2 and "evaluate it first" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()[-1]) < 300
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("register: error: ") and len(line) < 300, line
 
     first = last_json(run("evaluate.py", f"run_id={weak['run_id']}"))
     assert first["run_id"] == weak["run_id"] and first["promotion"]["promote"] is True

@@ -366,7 +366,7 @@ def test_workers_started_with_different_settings_stop_in_one_line_before_any_run
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, err[-3000:]
-        said = [line for line in err.splitlines() if line.startswith("train:")]
+        said = err.strip().splitlines()
         assert len(said) == 1 and said[0].startswith("train: error: the 2 workers were started"), (
             said
         )

@@ -186,7 +186,7 @@ def test_a_live_runs_explicit_output_folder_is_refused_then_resumed_once_it_is_d
 
     second = start(f"paths.out={out}", "seed=7")  # other settings, same folder
     assert second.finish(timeout=300) == 2
-    said = [line for line in second.stderr.splitlines() if line.startswith("train:")]
+    said = second.stderr.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("train: error: paths.out="), said
     errors = said
     assert f"pid {first.proc.pid}" in errors[0] and "Traceback" not in second.stderr

@@ -171,14 +171,14 @@ def test_pruning_callback_stops_a_trial_worse_than_the_median(smoke_cfg):
 def test_bad_tuner_settings_fail_in_one_line_before_anything_is_written(tmp_path, smoke_prepared):
     proc = run_tune(tmp_path, smoke_prepared, "tune.n_trials=0")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert proc.stderr.strip().splitlines() == [
         "tune: error: tune.n_trials=0 is invalid: expected an integer > 0"
-    )
+    ]
     proc = run_tune(
         tmp_path, smoke_prepared, "tune.storage=postgresql://fm:s3cret@127.0.0.1:9/none"
     )
     assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
+    [last] = proc.stderr.strip().splitlines()
     assert last.startswith("tune: error: tune.storage: cannot reach ")
     assert "127.0.0.1:9/none" in last
     assert "s3cret" not in proc.stderr
