@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from measure import BIN, RESULTS, ROOT, each, env, run_timed, table_head, table_
 from pipeline import project_copy
 
 from fmnist_mlops.runtime.files import write_json
+from fmnist_mlops.tracking.tags import git_tags
 
 # The goals of each recipe: median test accuracy at least this, median wall minutes at most.
 GOALS = {"fast": (0.940, 6.0), "best": (0.950, 30.0)}
@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS / "recipes.json")
     args = parser.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    commit = git_tags(ROOT)["git_commit"]
     key = {"commit": commit, "recipes": args.recipes, "seeds": args.seeds}
     partial = progress_file(args.out)
     runs = continued(partial, key)
