@@ -351,3 +351,14 @@ def training_metric_keys(run) -> set[str]:
     settings compare on these keys.
     """
     return {key for key in run.data.metrics if not key.startswith("system/")}
+
+
+def assert_refused(proc, script: str, *needles: str) -> str:
+    """Exit 2 and stderr is the one line: no library's log or warning beside it."""
+    said = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(said) == 1 and said[0].startswith(f"{script}: error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in said[0], said[0]
+    return said[0]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import assert_refused
 from omegaconf import open_dict
 
 from fmnist_mlops.config.compose import compose, validate
@@ -132,17 +133,6 @@ def cli(script: str, tmp_path, root, env, *args: str) -> subprocess.CompletedPro
         text=True,
         timeout=300,
     )
-
-
-def assert_refused(proc, script: str, *needles: str) -> str:
-    """Exit 2 and stderr is the one line: no library's log or warning beside it."""
-    said = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(said) == 1 and said[0].startswith(f"{script}: error: "), proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in said[0], said[0]
-    return said[0]
 
 
 @pytest.mark.parametrize(

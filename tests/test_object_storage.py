@@ -17,7 +17,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, copy_project, free_port, http_process, require_real_data, venv_env
+from helpers import (
+    ROOT,
+    assert_refused,
+    copy_project,
+    free_port,
+    http_process,
+    require_real_data,
+    venv_env,
+)
 
 # One S3 server and one team project for the module: one test process (xdist).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("object-storage")]
@@ -196,14 +204,6 @@ def test_the_secret_shows_up_nowhere_the_project_writes(team):
         assert SECRET not in path.read_text(errors="replace")
 
 
-def refused_line(proc: subprocess.CompletedProcess, stage: str) -> str:
-    said = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(said) == 1 and said[0].startswith(f"{stage}: error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    return said[0]
-
-
 def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_path):
     endpoint, _ = s3
 
@@ -218,11 +218,11 @@ def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_
         return done, time.monotonic() - started
 
     refused, seconds = server(f"s3://{BUCKET}/mlflow", "http://127.0.0.1:9")  # nothing there
-    line = refused_line(refused, "server")
+    line = assert_refused(refused, "server")
     assert "s3://fmnist-team/mlflow at http://127.0.0.1:9" in line and "connection refused" in line
     assert seconds < 30, seconds
     refused, seconds = server("s3://no-such-bucket/mlflow", endpoint)
-    assert "no such bucket" in refused_line(refused, "server") and seconds < 30
+    assert "no such bucket" in assert_refused(refused, "server") and seconds < 30
     # An S3 server that checks credentials (moto with authentication on): ours are unknown.
     port = free_port()
     checking = f"http://127.0.0.1:{port}"
@@ -230,11 +230,11 @@ def test_make_server_refuses_an_artifact_store_that_cannot_take_a_write(s3, tmp_
     env = venv_env(INITIAL_NO_AUTH_ACTION_COUNT="0")
     with http_process(cmd, env, f"{checking}/moto-api/", tmp_path / "moto.log"):
         refused, seconds = server(f"s3://{BUCKET}/mlflow", checking)
-    assert "access denied" in refused_line(refused, "server") and seconds < 30
+    assert "access denied" in assert_refused(refused, "server") and seconds < 30
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     refused, _ = server(str(blocker / "artifacts"), endpoint)
-    assert "cannot take a write" in refused_line(refused, "server")
+    assert "cannot take a write" in assert_refused(refused, "server")
     assert SECRET not in refused.stderr + refused.stdout
 
 
@@ -272,7 +272,7 @@ def test_a_training_whose_artifact_store_broke_fails_in_seconds_before_any_run(
             timeout=300,
         )
         seconds = time.monotonic() - started
-        line = refused_line(train, "train")
+        line = assert_refused(train, "train")
         assert "artifact store of experiment 'fashion-mnist'" in line, line
         # The server answers a bare 500 (the cause is in its log only), said as such.
         assert "cannot take a write: HTTP 500 to a probe PUT" in line, line
