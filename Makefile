@@ -101,7 +101,7 @@ ui: $(STAMP) ## Browse runs and the registry at http://127.0.0.1:UI_PORT (defaul
 bench: $(STAMP) data ## Training/pipeline benchmark vs the tutorial's recipe (~25 min): table + benchmarks/results/training.json
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/training.py
 
-bench-recipes: $(STAMP) data ## +experiment=fast and best against their goals: 3 seeds of dvc exp run each (RECIPES="fast best", ~1.5 h; rerun continues a stopped one)
+bench-recipes: $(STAMP) data ## +experiment=fast and best against their goals: 3 seeds of dvc exp run each, beside a default run (RECIPES="fast best", ~1.6 h; rerun continues a stopped one)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/recipes.py --recipes $(or $(RECIPES),fast best)
 
 train-workers: $(STAMP) data ## One training over N local worker processes (N=2 ARGS="+experiment=smoke"); worker 0 tracks it
