@@ -221,7 +221,9 @@ def test_a_killed_worker_ends_every_process_and_the_same_command_resumes(
     def launch(name: str) -> subprocess.Popen:
         err = (tmp_path / f"{name}.err").open("w")
         out = (tmp_path / f"{name}.out").open("w")
-        return subprocess.Popen(cmd, cwd=project_root, env=subprocess_env, stdout=out, stderr=err)
+        # The SIGKILLed worker cannot remove its temporary checkpoint folder: keep it in here.
+        env = {**subprocess_env, "TMPDIR": str(tmp_path)}
+        return subprocess.Popen(cmd, cwd=project_root, env=env, stdout=out, stderr=err)
 
     first = launch("first")
     db = tmp_path / "mlflow.db"

@@ -109,8 +109,12 @@ def team(s3, tmp_path_factory):
         env = s3_env(endpoint, MLFLOW_TRACKING_URI=server)
         logs = run([sys.executable, "src/params.py", "+experiment=smoke"], project, env)
         logs += run(["git", "commit", "-qam", "smoke params"], project, env)
-        logs += run([str(BIN / "dvc"), "repro"], project, env)
+        # Its own temporary folder, to see what the pipeline leaves there.
+        tmp = home / "tmp"
+        tmp.mkdir()
+        logs += run([str(BIN / "dvc"), "repro"], project, {**env, "TMPDIR": str(tmp)})
         yield {
+            "tmp": tmp,
             "endpoint": endpoint,
             "client": client,
             "server": server,
@@ -130,6 +134,20 @@ def test_mlflow_artifacts_land_in_the_bucket_and_nothing_local(team):
     assert any(k.endswith("/MLmodel") for k in stored), "the logged model is in the bucket"
     assert not (project / "mlruns").exists() and not (project / "mlflow.db").exists()
     assert not (team["home"] / "mlruns").exists()
+
+
+def left_behind(tmp: Path) -> list[str]:
+    """What is in ``tmp`` but TensorFlow's autograph sources (kept there by design)."""
+    return sorted(p.name for p in tmp.iterdir() if not p.name.startswith("__autograph_generated"))
+
+
+def test_evaluate_and_predict_leave_no_model_download_behind(team, tmp_path):
+    """With artifacts in a bucket MLflow downloads a model into a new temporary folder on
+    every load and never removes it: each evaluation and each prediction left 4 MB behind."""
+    assert left_behind(team["tmp"]) == [], "dvc repro (train, evaluate)"
+    env = {**team["env"], "TMPDIR": str(tmp_path)}
+    run([sys.executable, "src/predict.py", "--test-samples=2"], team["project"], env)
+    assert left_behind(tmp_path) == [], "predict.py"
 
 
 def test_the_champion_from_the_bucket_serves(team):

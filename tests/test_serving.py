@@ -422,6 +422,7 @@ def test_reverse_proxy_refuses_huge_bodies_and_memory_stays_flat(server):
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+        shutil.rmtree(prefix, ignore_errors=True)  # not pytest's tmp_path: nginx needs 0o755
 
 
 @pytest.mark.slow

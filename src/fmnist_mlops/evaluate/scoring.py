@@ -10,17 +10,18 @@ import numpy as np
 
 from fmnist_mlops.config.schema import CLASS_NAMES
 from fmnist_mlops.data import feed
+from fmnist_mlops.tracking.store import load_logged_model
 
 
 def load_network(model_uri: str) -> keras.Model:
     """Load the Keras network inside a logged model (our pyfunc, or a plain TF-flavor model)."""
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    pyfunc = load_logged_model(model_uri)
     try:
         return pyfunc.unwrap_python_model().model
     except (mlflow.exceptions.MlflowException, AttributeError):
         from mlflow import tensorflow as mlflow_tensorflow
 
-        return mlflow_tensorflow.load_model(model_uri)
+        return load_logged_model(model_uri, mlflow_tensorflow)
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,14 @@ def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
 
 
 def _load_model(model_uri: str, tracking_uri: str | None):
-    import mlflow
 
     from fmnist_mlops.tracking.databases import first_line, hide_password
-    from fmnist_mlops.tracking.store import check_uri, connect, tracking_setting
+    from fmnist_mlops.tracking.store import (
+        check_uri,
+        connect,
+        load_logged_model,
+        tracking_setting,
+    )
 
     if tracking_uri is not None:
         setting, uri = "--tracking-uri", tracking_uri
@@ -121,7 +125,7 @@ def _load_model(model_uri: str, tracking_uri: str | None):
     check_uri(setting or "the default tracking URI", uri)
     connect(uri)
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        return load_logged_model(model_uri)
     except Exception as exc:  # noqa: BLE001 - MLflow, OSError, SQLAlchemy: all mean "cannot"
         raise ProjectError(
             f"--model-uri={model_uri} cannot be loaded from {hide_password(uri)}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 
 import mlflow
@@ -167,3 +168,20 @@ def setup(settings: MlflowCfg) -> str:
 
         raise ConfigError(str(exc)) from None
     return experiment_id
+
+
+def load_logged_model(model_uri: str, flavor=None):
+    """The model logged at ``model_uri``, loaded through a download that is then removed.
+
+    MLflow downloads a model into a new temporary folder on every load and never removes it
+    (4 MB a load here): each evaluation and each ``predict.py`` left a copy behind. A loaded
+    model holds everything in memory (the Keras network, the class names), so the download can
+    go as soon as it is loaded.
+
+    Args:
+        model_uri: ``models:/...``, ``runs:/...`` or a path.
+        flavor: The MLflow flavor module whose ``load_model`` to use (default ``mlflow.pyfunc``).
+    """
+    loader = (flavor or mlflow.pyfunc).load_model
+    with tempfile.TemporaryDirectory(prefix="fmnist-model-") as download:
+        return loader(model_uri, dst_path=download)
