@@ -1,4 +1,4 @@
-"""Where MLflow stores things: the tracking URI chosen, checked, connected, and opened."""
+"""Where MLflow stores things: the tracking URI chosen, checked and opened; models read back."""
 
 from __future__ import annotations
 
