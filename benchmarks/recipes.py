@@ -10,8 +10,10 @@ goal holds on them; writes ``benchmarks/results/recipes.json``. Needs the real d
 The goals are minutes on this machine at its normal speed, and its speed drifts (up to 1.8x
 slow for hours). So each seed also runs the default pipeline (``dvc exp run`` with no recipe:
 about 60 s at normal speed) just before the recipes, and every recipe's wall time is also
-given as a multiple of that seed's default run: ratio x 60 s is the recipe's time at normal
-speed. Both judgements are printed, as measured and at normal speed.
+given as a multiple of that seed's default run: ratio x 60 s estimates the recipe's time at
+normal speed. Both judgements are printed, as measured and at normal speed. The estimate is
+rough (it read 20 % low for ``fast`` on a slow host, which slows the short default run more
+than long epochs; docs/experiments.md): a run at normal speed decides.
 
 One measurement, one owner: each finished run is kept in ``<out>.partial.json`` as it ends, and
 the same command run again on the same commit continues the measurement (an interrupted run
