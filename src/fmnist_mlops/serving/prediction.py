@@ -109,14 +109,8 @@ def load_images(paths: list[Path], polarity: str = "auto") -> np.ndarray:
 
 
 def _load_model(model_uri: str, tracking_uri: str | None):
-
     from fmnist_mlops.tracking.databases import first_line, hide_password
-    from fmnist_mlops.tracking.store import (
-        check_uri,
-        connect,
-        load_logged_model,
-        tracking_setting,
-    )
+    from fmnist_mlops.tracking.store import check_uri, connect, load_logged_model, tracking_setting
 
     if tracking_uri is not None:
         setting, uri = "--tracking-uri", tracking_uri
