@@ -114,6 +114,42 @@ def test_batch_norm_variant_normalises_every_conv_without_a_redundant_bias(tmp_p
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_residual_blocks_add_their_input_before_the_last_relu(tmp_path):
+    model = build_model(_variant("resnet", filters=[32, 32, 64]), precision="mixed_bfloat16")
+    adds = [layer for layer in model.layers if type(layer).__name__ == "Add"]
+    assert [layer.name for layer in adds] == ["block1_add", "block2_add", "block3_add"]
+    # The last conv of a block is summed before its ReLU; the first keeps its own.
+    assert "conv1_2_relu" not in [layer.name for layer in model.layers]
+    assert model.get_layer("conv1_1_relu").input.name == model.get_layer("conv1_1_bn").output.name
+    # Channels change into blocks 1 (from the image's one) and 3: a 1x1 projection there only.
+    skips = [layer.name for layer in model.layers if layer.name.startswith("skip")]
+    assert skips == ["skip1", "skip1_bn", "skip3", "skip3_bn"]
+    assert model.get_layer("skip3").kernel_size == (1, 1)
+    # Block 2's sum takes block 1's output (after its dropout) unchanged: an identity shortcut.
+    add2_inputs = {t.name for t in model.get_layer("block2_add").input}
+    assert model.get_layer("block1_dropout").output.name in add2_inputs
+    # The shortcut carries the signal: the sum differs from the convolutions alone.
+    x = np.random.default_rng(2).integers(0, 256, (3, 28, 28)).astype("float32")
+    import keras
+
+    probe = keras.Model(model.input, model.get_layer("block2_add").input)
+    conv_out, shortcut = (np.asarray(t, dtype="float32") for t in probe.predict(x, verbose=0))
+    assert np.abs(shortcut).sum() > 0 and not np.allclose(conv_out, conv_out + shortcut)
+    model.save(tmp_path / "res.keras")
+    loaded = keras.saving.load_model(tmp_path / "res.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_residual_off_is_the_same_network_as_before():
+    """``residual: false`` (every variant but resnet) builds exactly the layers it always did."""
+    plain = build_model(_variant("resnet", residual=False))
+    before = build_model(_variant("cnn_bn", dense_units=256, block_dropout=0.2))
+    assert [(type(layer).__name__, layer.name) for layer in plain.layers] == [
+        (type(layer).__name__, layer.name) for layer in before.layers
+    ]
+    assert plain.count_params() == before.count_params()
+
+
 def test_global_average_head_and_a_third_block():
     model = build_model(_variant("cnn", filters=[32, 64, 128], head="global_avg"))
     assert model.get_layer("pool3").output.shape[1:] == (3, 3, 128)

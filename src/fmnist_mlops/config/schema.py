@@ -85,6 +85,7 @@ class ModelCfg(_Strict):
     dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
     convs_per_block: int = _f("an integer in [1, 4]", ge=1, le=4)
     batch_norm: bool = _f("true or false")
+    residual: bool = _f("true or false")
     block_dropout: float = _f("a number in [0, 1)", ge=0, lt=1)
     head: Literal[HEADS] = _f(f"one of {HEADS}")
     tta_shift: int = _f("an integer number of pixels in [0, 4]", ge=0, le=4)

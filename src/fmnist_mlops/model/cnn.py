@@ -10,49 +10,28 @@ from fmnist_mlops.config.schema import IMAGE_SHAPE, NUM_CLASSES, ModelCfg, Train
 def build_model(model_cfg: ModelCfg, precision: str = "float32") -> keras.Model:
     """Build the CNN described by ``cfg.model``.
 
-    Per entry of ``filters`` one block: ``convs_per_block`` x Conv2D(kernel_size, same) (each
-    followed by BatchNormalization when ``batch_norm``, then ReLU), MaxPool(2) and, when
-    ``block_dropout`` > 0, Dropout. Then the head: Flatten (the tutorial) or global average
-    pooling, Dense(dense_units, relu), Dropout(dropout), Dense(10, softmax). The defaults of the
-    optional keys give the tutorial's network. Scaling to [0, 1] is the model's first step, so
-    the saved model (and the served one) takes raw pixels.
+    Per entry of ``filters`` one block (:func:`_block`): ``convs_per_block`` x
+    Conv2D(kernel_size, same) (each followed by BatchNormalization when ``batch_norm``, then
+    ReLU), with ``residual`` the block's input added before the last ReLU, MaxPool(2) and,
+    when ``block_dropout`` > 0, Dropout. Then the head: Flatten (the tutorial) or global
+    average pooling, Dense(dense_units, relu), Dropout(dropout), Dense(10, softmax). The
+    defaults of the optional keys give the tutorial's network. Scaling to [0, 1] is the
+    model's first step, so the saved model (and the served one) takes raw pixels.
 
     Args:
         model_cfg: The ``model`` config group (``filters``, ``kernel_size``, ``dense_units``,
             ``dropout``; optional ``convs_per_block`` (1), ``batch_norm`` (false),
-            ``block_dropout`` (0), ``head`` (flatten)).
+            ``residual`` (false), ``block_dropout`` (0), ``head`` (flatten)).
         precision: ``float32``, or ``mixed_bfloat16`` (bfloat16 compute, float32 weights; about
             twice as fast on CPUs with AVX-512 BF16). The softmax always runs in float32.
     """
     dt = precision
-    convs = model_cfg.convs_per_block
-    batch_norm = model_cfg.batch_norm
-    block_dropout = model_cfg.block_dropout
-    head = model_cfg.head
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel", dtype=dt)(inputs)
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=dt)(x)
     for i, filters in enumerate(model_cfg.filters, start=1):
-        for j in range(1, convs + 1):
-            # Single-conv blocks keep the tutorial's layer names (conv1, conv2, ...).
-            name = f"conv{i}" if convs == 1 else f"conv{i}_{j}"
-            x = keras.layers.Conv2D(
-                int(filters),
-                kernel_size=model_cfg.kernel_size,
-                padding="same",
-                # The bias is redundant in front of a batch norm's shift.
-                use_bias=not batch_norm,
-                activation=None if batch_norm else "relu",
-                name=name,
-                dtype=dt,
-            )(x)
-            if batch_norm:
-                x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dt)(x)
-                x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dt)(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dt)(x)
-        if block_dropout > 0:
-            x = keras.layers.Dropout(block_dropout, name=f"block{i}_dropout", dtype=dt)(x)
-    if head == "global_avg":
+        x = _block(x, i, int(filters), model_cfg, dt)
+    if model_cfg.head == "global_avg":
         x = keras.layers.GlobalAveragePooling2D(name="global_avg", dtype=dt)(x)
     else:
         x = keras.layers.Flatten(name="flatten", dtype=dt)(x)
@@ -63,6 +42,49 @@ def build_model(model_cfg: ModelCfg, precision: str = "float32") -> keras.Model:
         NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32"
     )(x)
     return keras.Model(inputs, outputs, name=f"fmnist_{model_cfg.name}")
+
+
+def _block(x, i: int, filters: int, model_cfg: ModelCfg, dt: str):
+    """Block ``i``: its convolutions, the residual sum, pooling and dropout."""
+    convs = model_cfg.convs_per_block
+    residual = model_cfg.residual
+    block_input = x
+    for j in range(1, convs + 1):
+        # Single-conv blocks keep the tutorial's layer names (conv1, conv2, ...).
+        name = f"conv{i}" if convs == 1 else f"conv{i}_{j}"
+        # A residual block's last ReLU comes after the sum (ResNet's order).
+        relu = not (residual and j == convs)
+        x = _conv(x, filters, model_cfg.kernel_size, name, model_cfg.batch_norm, relu, dt)
+    if residual:
+        shortcut = block_input
+        if block_input.shape[-1] != filters:
+            # A 1x1 convolution matches the channels (the image's one, or the last block's).
+            shortcut = _conv(block_input, filters, 1, f"skip{i}", model_cfg.batch_norm, False, dt)
+        x = keras.layers.Add(name=f"block{i}_add", dtype=dt)([x, shortcut])
+        x = keras.layers.Activation("relu", name=f"block{i}_relu", dtype=dt)(x)
+    x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dt)(x)
+    if model_cfg.block_dropout > 0:
+        x = keras.layers.Dropout(model_cfg.block_dropout, name=f"block{i}_dropout", dtype=dt)(x)
+    return x
+
+
+def _conv(x, filters: int, kernel: int, name: str, batch_norm: bool, relu: bool, dt: str):
+    """Conv2D(same), then BatchNormalization when ``batch_norm``, then ReLU when ``relu``."""
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size=kernel,
+        padding="same",
+        # The bias is redundant in front of a batch norm's shift.
+        use_bias=not batch_norm,
+        activation="relu" if relu and not batch_norm else None,
+        name=name,
+        dtype=dt,
+    )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dt)(x)
+        if relu:
+            x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dt)(x)
+    return x
 
 
 def with_shift_tta(network: keras.Model, shift: int) -> keras.Model:
