@@ -54,12 +54,16 @@ def _block(x, i: int, filters: int, model_cfg: ModelCfg, dt: str):
         name = f"conv{i}" if convs == 1 else f"conv{i}_{j}"
         # A residual block's last ReLU comes after the sum (ResNet's order).
         relu = not (residual and j == convs)
-        x = _conv(x, filters, model_cfg.kernel_size, name, model_cfg.batch_norm, relu, dt)
+        x = _conv(
+            x, filters, model_cfg.kernel_size, name, bn=model_cfg.batch_norm, relu=relu, dt=dt
+        )
     if residual:
         shortcut = block_input
         if block_input.shape[-1] != filters:
             # A 1x1 convolution matches the channels (the image's one, or the last block's).
-            shortcut = _conv(block_input, filters, 1, f"skip{i}", model_cfg.batch_norm, False, dt)
+            shortcut = _conv(
+                block_input, filters, 1, f"skip{i}", bn=model_cfg.batch_norm, relu=False, dt=dt
+            )
         x = keras.layers.Add(name=f"block{i}_add", dtype=dt)([x, shortcut])
         x = keras.layers.Activation("relu", name=f"block{i}_relu", dtype=dt)(x)
     x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dt)(x)
@@ -68,19 +72,19 @@ def _block(x, i: int, filters: int, model_cfg: ModelCfg, dt: str):
     return x
 
 
-def _conv(x, filters: int, kernel: int, name: str, batch_norm: bool, relu: bool, dt: str):
-    """Conv2D(same), then BatchNormalization when ``batch_norm``, then ReLU when ``relu``."""
+def _conv(x, filters: int, kernel: int, name: str, *, bn: bool, relu: bool, dt: str):
+    """Conv2D(same), then BatchNormalization when ``bn``, then ReLU when ``relu``."""
     x = keras.layers.Conv2D(
         filters,
         kernel_size=kernel,
         padding="same",
         # The bias is redundant in front of a batch norm's shift.
-        use_bias=not batch_norm,
-        activation="relu" if relu and not batch_norm else None,
+        use_bias=not bn,
+        activation="relu" if relu and not bn else None,
         name=name,
         dtype=dt,
     )(x)
-    if batch_norm:
+    if bn:
         x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dt)(x)
         if relu:
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dt)(x)
