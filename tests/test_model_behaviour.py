@@ -16,24 +16,25 @@ import pytest
 # Trains the default model on the real data (about a minute), once: one test process (xdist).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default-model")]
 
-# Measured on the default champion (seed 42, 13 epochs) when these tests were written, on the
-# two CPUs it was trained on: the lower of the two figures (AMD EPYC with AVX-512 BF16, test
-# 0.9198; Intel Xeon with AMX, test 0.9232: bfloat16 follows the CPU's kernels, so the weights
-# differ); the tests allow 2 points less. Agreement = same class for an image and its mirror.
-# Clothes are left-right symmetric; shoes are not in Fashion-MNIST (they all point left), and
-# the default model trains without flips: mirrored ankle boots and sandals mostly change class.
-FLIP_AGREEMENT = 0.7573
+# Measured on the default champion (seed 42, label smoothing 0.1, 13 epochs: test 0.9253) on the
+# Intel Xeon with AMX it was trained on, less the gap two CPUs showed for the unsmoothed default
+# (AMD EPYC with AVX-512 BF16 against this Xeon: overall 0.004, T-shirt 0.013, Sandal 0.006,
+# Sneaker 0.045, Bag 0.007; bfloat16 follows the CPU's kernels, so the weights differ); the
+# tests allow 2 points less. Agreement = same class for an image and its mirror. Clothes are
+# left-right symmetric; shoes are not in Fashion-MNIST (they all point left), and the default
+# model trains without flips: mirrored ankle boots, sandals and sneakers mostly change class.
+FLIP_AGREEMENT = 0.7264  # 0.7304 on the Xeon
 FLIP_AGREEMENT_PER_CLASS = {
-    "T-shirt/top": 0.898,
+    "T-shirt/top": 0.888,  # 0.901
     "Trouser": 0.987,
-    "Pullover": 0.925,
-    "Dress": 0.957,
-    "Coat": 0.899,
-    "Sandal": 0.436,
-    "Shirt": 0.876,
-    "Sneaker": 0.586,
-    "Bag": 0.973,
-    "Ankle boot": 0.003,
+    "Pullover": 0.939,
+    "Dress": 0.954,
+    "Coat": 0.907,
+    "Sandal": 0.341,  # 0.347
+    "Shirt": 0.862,
+    "Sneaker": 0.385,  # 0.430
+    "Bag": 0.969,  # 0.976
+    "Ankle boot": 0.001,
 }
 TOLERANCE = 0.02
 
@@ -94,20 +95,29 @@ def test_default_config_on_real_data_reaches_the_bar(default_project):
     assert champion.run_id == metrics["run_id"]
 
 
-def test_the_five_most_typical_test_images_of_every_class_are_classified_correctly(
-    champion, splits
-):
-    """Minimum functionality: per class, the 5 test images nearest its mean training image."""
+def test_the_most_typical_test_images_of_every_class_are_classified_correctly(champion, splits):
+    """Minimum functionality: per class, the 5 test images nearest its mean training image.
+
+    At most one of them per class, and two of all 50, may be misread. Measured on the default
+    network, seeds 42 / 1 / 2, with label smoothing: 1 / 0 / 1 misread (a coat read as a
+    pullover, a sandal as a sneaker); without it: 0 / 2 / 1 (pullover <-> coat <-> shirt). Which
+    borderline image falls on which side is the seed's luck; a class the model has not learned
+    loses several of its most typical images, and fails here.
+    """
     from fmnist_mlops.config.schema import CLASS_NAMES
 
     x_train = splits.x_train.reshape(len(splits.x_train), -1).astype(np.float64)
     x_test = splits.x_test.reshape(len(splits.x_test), -1).astype(np.float64)
+    misread = []
     for c, name in enumerate(CLASS_NAMES):
         mean = x_train[splits.y_train == c].mean(axis=0)
         members = np.flatnonzero(splits.y_test == c)
         nearest = members[np.argsort(np.linalg.norm(x_test[members] - mean, axis=1))[:5]]
         got = predicted(champion, splits.x_test[nearest])
-        assert (got == c).all(), f"{name}: images {nearest.tolist()} predicted {got.tolist()}"
+        wrong = [(int(i), CLASS_NAMES[g]) for i, g in zip(nearest, got, strict=True) if g != c]
+        assert len(wrong) <= 1, f"{name}: images {nearest.tolist()} predicted {got.tolist()}"
+        misread += [(name, *w) for w in wrong]
+    assert len(misread) <= 2, f"misread (class, image, predicted): {misread}"
 
 
 def test_mirrored_images_get_the_same_class(champion, splits):
@@ -156,6 +166,8 @@ def test_the_readme_curl_example_gives_the_answer_it_shows(
     want = shown["predictions"][0]
     assert got["class"] == want["class"]
     assert [t["class"] for t in got["top_k"]] == [t["class"] for t in want["top_k"]]
-    assert np.round(got["probabilities"], 2).tolist() == np.round(want["probabilities"], 2).tolist()
+    # The second decimal, as a distance: rounding both would split 0.0149 and 0.0151, and the
+    # smoothed default's probabilities sit between 0 and 1, where such pairs occur.
+    assert got["probabilities"] == pytest.approx(want["probabilities"], abs=0.01)
     for g, w in zip(got["top_k"], want["top_k"], strict=True):
-        assert round(g["probability"], 2) == round(w["probability"], 2)
+        assert g["probability"] == pytest.approx(w["probability"], abs=0.01)
