@@ -80,7 +80,7 @@ repro: $(STAMP) data params ## Run the pipeline: prepare -> train -> evaluate (+
 # and xdist_group marks keep a module's live server in one process (pytest <9.2, pyproject.toml).
 PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; ~19-25 min on 2 cores)
+test: $(STAMP) test-deps ## Run every test, all three tiers (what CI runs; ~16-25 min on 2 cores)
 	$(PYTEST) --durations=25
 
 test-fast: $(STAMP) data ## The fast tier: pure code and command contracts (~1 min; run it after every edit)
